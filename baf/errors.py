@@ -3,3 +3,19 @@
 
 class BafError(Exception):
     """Base of every error raised on purpose; the CLI prints it as one line and exits 2."""
+
+
+class ModelError(BafError):
+    """A model cannot be built or split: bad cfg file, unknown model name, or a layer that cannot be cut."""
+
+
+class WeightsError(BafError):
+    """Weights are missing, damaged, or do not fit the model; the message says what to install or pass."""
+
+
+class ImageError(BafError):
+    """An image file cannot be read or decoded."""
+
+
+class DatasetError(BafError):
+    """An evaluation folder is not a usable COCO-style dataset (images/ plus one instances_*.json)."""
