@@ -1,0 +1,270 @@
+"""COCO evaluation of a detector, unsplit or split, with an optional transform of Z between the halves.
+
+The transform hook is where compressed paths plug in: anything that maps the edge output Z
+[B,P,h,w] to a (restored) Z of the same shape, e.g. quantize + codec + BaF prediction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from baf.errors import DatasetError
+from baf.images import letterbox, load_image
+from baf.models.darknet import Darknet
+from baf.models.detect import Detections, decode, postprocess
+from baf.models.split import Split
+
+log = logging.getLogger(__name__)
+
+ZTransform = Callable[[Tensor], Tensor]
+STAGES = ("preprocess", "edge", "transform", "cloud", "decode_nms")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """pycocotools prints progress to stdout; keep it off our stdout and in the debug log."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        yield
+    if out.getvalue().strip():
+        log.debug("pycocotools: %s", out.getvalue().strip())
+
+
+class _Clock:
+    """Seconds spent per stage; `with clock("edge"): ...` adds the block's wall time."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[stage] += time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class CocoDataset:
+    """A COCO-style folder: `images/` plus one `instances_*.json`; `images` lists (image id, path) by id."""
+
+    root: Path
+    annotations: Path
+    images: tuple[tuple[int, Path], ...]
+    coco: Any = field(repr=False)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str], limit: int | None = None) -> CocoDataset:
+        """Index `root`; only images that are both annotated and present count, the first `limit` of them by id."""
+        from pycocotools.coco import COCO
+
+        root = Path(root)
+        image_dir = root / "images"
+        if not image_dir.is_dir():
+            raise DatasetError(f"{root}: no images/ folder")
+        found = sorted(root.glob("instances_*.json"))
+        if len(found) != 1:
+            raise DatasetError(f"{root}: expected one instances_*.json, found {len(found)}")
+        try:
+            with _quiet():
+                coco = COCO(str(found[0]))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DatasetError(f"{found[0]}: not a COCO annotation file ({e})") from None
+        present = {p.name for p in image_dir.iterdir()}
+        images = tuple(
+            (image_id, image_dir / coco.imgs[image_id]["file_name"])
+            for image_id in sorted(coco.getImgIds())
+            if coco.imgs[image_id]["file_name"] in present
+        )
+        if not images:
+            raise DatasetError(f"{root}: none of the files in images/ is annotated in {found[0].name}")
+        if limit is not None:
+            if limit < 1:
+                raise DatasetError(f"--limit must be >= 1, got {limit}")
+            images = images[:limit]
+        log.debug("dataset=%s images=%d annotations=%s", root, len(images), found[0].name)
+        return cls(root, found[0], images, coco)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalSettings:
+    """Input size and detection thresholds of one evaluation."""
+
+    size: int = 512
+    conf_threshold: float = 0.001
+    iou_threshold: float = 0.45
+    max_detections: int = 300
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.conf_threshold < 1 and 0 < self.iou_threshold <= 1):
+            raise ValueError(f"thresholds out of range: conf {self.conf_threshold}, NMS IoU {self.iou_threshold}")
+        if self.max_detections < 1 or self.batch_size < 1:
+            raise ValueError(f"max_detections and batch_size must be >= 1, got {self.max_detections}, {self.batch_size}")
+
+
+# COCOeval.stats, in its order.
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalResult:
+    """Scores and per-stage timings (ms per frame) of one evaluation."""
+
+    model: str
+    mode: str
+    split_layer: int | None
+    settings: EvalSettings
+    images: int
+    detections: int
+    stats: dict[str, float]
+    timings_ms: dict[str, float]
+    torch_threads: int
+
+    @property
+    def ap(self) -> float:
+        return self.stats["AP"]
+
+    @property
+    def ap50(self) -> float:
+        return self.stats["AP50"]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON report: top-level model, size, images, AP, AP50, mode, then the details."""
+        s = self.settings
+        return {
+            "model": self.model,
+            "mode": self.mode,
+            "size": s.size,
+            "images": self.images,
+            "AP": self.ap,
+            "AP50": self.ap50,
+            "split_layer": self.split_layer,
+            "conf_threshold": s.conf_threshold,
+            "nms_iou": s.iou_threshold,
+            "max_detections": s.max_detections,
+            "batch_size": s.batch_size,
+            "detections": self.detections,
+            "stats": self.stats,
+            "timings_ms_per_frame": self.timings_ms,
+            "torch_threads": self.torch_threads,
+        }
+
+
+def coco_results(dets: Detections, image_id: int, category_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Detections in source pixels -> COCO result entries (bbox as x, y, w, h)."""
+    boxes = dets.boxes.tolist()
+    return [
+        {
+            "image_id": image_id,
+            "category_id": category_ids[label],
+            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+            "score": round(score, 5),
+        }
+        for (x1, y1, x2, y2), score, label in zip(boxes, dets.scores.tolist(), dets.labels.tolist())
+    ]
+
+
+def score(dataset: CocoDataset, results: list[dict[str, Any]]) -> dict[str, float]:
+    """COCO bbox metrics (STAT_NAMES) of `results` over the dataset's images."""
+    if not results:
+        log.warning("no detections at all; every metric is 0")
+        return dict.fromkeys(STAT_NAMES, 0.0)
+    from pycocotools.cocoeval import COCOeval
+
+    with _quiet():
+        evaluator = COCOeval(dataset.coco, dataset.coco.loadRes(results), "bbox")
+        evaluator.params.imgIds = [image_id for image_id, _ in dataset.images]
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
+
+
+def evaluate(
+    model: Darknet,
+    dataset: CocoDataset,
+    category_ids: Sequence[int],
+    *,
+    split: Split | None = None,
+    z_transform: ZTransform | None = None,
+    mode: str | None = None,
+    settings: EvalSettings = EvalSettings(),
+    progress: bool | None = None,
+) -> EvalResult:
+    """Detect on every dataset image and score with pycocotools.
+
+    Without `split` the whole model runs as one "cloud" stage (cloud-only, the paper's baseline);
+    with it the edge half gives Z, `z_transform` (if any) maps Z to the Z the cloud half gets.
+    `mode` labels the result (default: "baseline", "split-only", or "transformed").
+    `progress`: show a bar (None: only on a terminal).
+    """
+    if split is None and z_transform is not None:
+        raise ValueError("a Z transform needs a split model")
+    if split is not None and split.model is not model:
+        raise ValueError("split must be a split of model")
+    model.check_size(settings.size)
+    mode = mode or ("baseline" if split is None else "split-only" if z_transform is None else "transformed")
+    device = next(model.parameters()).device
+    clock = _Clock()
+    results: list[dict[str, Any]] = []
+    with torch.inference_mode(), tqdm(
+        total=len(dataset.images), desc=mode, unit="img", disable=None if progress is None else not progress
+    ) as bar:
+        for i in range(0, len(dataset.images), settings.batch_size):
+            batch = dataset.images[i : i + settings.batch_size]
+            with clock("preprocess"):
+                pairs = [letterbox(load_image(path), settings.size) for _, path in batch]
+                x = torch.stack([image for image, _ in pairs]).to(device)
+            if split is None:
+                with clock("cloud"):
+                    outputs = model(x)
+            else:
+                with clock("edge"):
+                    z = split.edge(x)
+                if z_transform is not None:
+                    with clock("transform"):
+                        z = z_transform(z)
+                with clock("cloud"):
+                    outputs = split.cloud(z)
+            with clock("decode_nms"):
+                dets = postprocess(
+                    decode(outputs, model.heads, settings.size),
+                    settings.conf_threshold,
+                    settings.iou_threshold,
+                    settings.max_detections,
+                )
+                for (image_id, _), d, (_, box) in zip(batch, dets, pairs):
+                    results += coco_results(d.to_source(box), image_id, category_ids)
+            bar.update(len(batch))
+    n = len(dataset.images)
+    timings = {stage: 1000 * clock.seconds[stage] / n for stage in STAGES}
+    timings["total"] = sum(timings.values())
+    return EvalResult(
+        model=model.name,
+        mode=mode,
+        split_layer=None if split is None else split.layer,
+        settings=settings,
+        images=n,
+        detections=len(results),
+        stats=score(dataset, results),
+        timings_ms=timings,
+        torch_threads=torch.get_num_threads(),
+    )
+
+
+def write_json(result: EvalResult, path: str | os.PathLike[str]) -> None:
+    """Write `result.to_json()` to `path`, indented, with a trailing newline."""
+    Path(path).write_text(json.dumps(result.to_json(), indent=2) + "\n")
