@@ -8,7 +8,8 @@ from setuptools import setup
 # BAF_DEBUG_BUILD=1 pip install -e . gives a build for gdb with assertions on.
 DEBUG = os.environ.get("BAF_DEBUG_BUILD") == "1"
 # -ffp-contract=off: no fused multiply-add, so native results equal the NumPy/torch ones bit for bit.
-FLAGS = ["-Wall", "-Wextra", "-ffp-contract=off", "-fno-math-errno"]
+# -Wno-psabi: the vector types only cross inlined calls, never an ABI boundary.
+FLAGS = ["-Wall", "-Wextra", "-Wno-psabi", "-ffp-contract=off", "-fno-math-errno"]
 FLAGS += ["-O0", "-g", "-UNDEBUG"] if DEBUG else ["-O3", "-DNDEBUG"]
 
 ParallelCompile("BAF_BUILD_JOBS").install()

@@ -30,7 +30,7 @@ def quantize(z: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 def dequantize(q: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
-    """Map quantized channels back to float32: `q / (2**bits - 1) * (hi - lo) + lo` (eq. 5)."""
+    """Map quantized channels back to float32 (eq. 5) as `q * step + lo`, `step = (hi - lo) / (2**bits - 1)`."""
     return _native.dequantize(q, lo, hi, bits)
 
 
@@ -68,10 +68,10 @@ def _check_torch_args(q: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits:
     return float(2**bits - 1)
 
 
-def _side_info(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """lo and hi as float32 broadcastable over [..., C, H, W]: (lo, hi - lo)."""
+def _side_info(lo: torch.Tensor, hi: torch.Tensor, maxq: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lo, step) as float32 broadcastable over [..., C, H, W], step = (hi - lo) / maxq."""
     lo32 = lo.float()[..., None, None]
-    return lo32, hi.float()[..., None, None] - lo32
+    return lo32, (hi.float()[..., None, None] - lo32) / maxq
 
 
 def dequantize_torch(q: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> torch.Tensor:
@@ -80,8 +80,8 @@ def dequantize_torch(q: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: 
     Same float32 operations in the same order as the native kernel, so equal to it on CPU.
     """
     maxq = _check_torch_args(q, lo, hi, bits)
-    lo32, span = _side_info(lo, hi)
-    return q.float() / maxq * span + lo32
+    lo32, step = _side_info(lo, hi, maxq)
+    return q.float() * step + lo32
 
 
 def clamp_to_bins_torch(
@@ -91,8 +91,7 @@ def clamp_to_bins_torch(
     maxq = _check_torch_args(q, lo, hi, bits)
     if pred.shape != q.shape:
         raise ValueError(f"pred: shape {tuple(pred.shape)} differs from q's {tuple(q.shape)}")
-    lo32, span = _side_info(lo, hi)
-    step = span / maxq
+    lo32, step = _side_info(lo, hi, maxq)
     k = q.float()
     lower = lo32 + (k - 0.5).clamp(min=0.0) * step
     upper = lo32 + (k + 0.5).clamp(max=maxq) * step

@@ -82,15 +82,14 @@ py::tuple quantize_as(const py::array& z, int bits) {
   const float* src = checked<float>(z, "z", 3, py::dtype::of<float>());
   const baf::Shape s = shape_of(z);
   py::array_t<Q> q({s.c, s.h, s.w});
-  py::array lo(f16(), {s.c}), hi(f16(), {s.c});
+  py::array_t<std::uint16_t> lo(s.c), hi(s.c);  // float16 bits; viewed as float16 on return
   baf::Result r;
   {
     py::gil_scoped_release nogil;
-    r = baf::quantize(src, s, bits, q.mutable_data(), static_cast<std::uint16_t*>(lo.mutable_data()),
-                      static_cast<std::uint16_t*>(hi.mutable_data()));
+    r = baf::quantize(src, s, bits, q.mutable_data(), lo.mutable_data(), hi.mutable_data());
   }
   raise_for(r, "z", bits);
-  return py::make_tuple(q, lo, hi);
+  return py::make_tuple(q, lo.attr("view")(f16()), hi.attr("view")(f16()));
 }
 
 py::tuple quantize(const py::array& z, const py::object& bits_obj) {

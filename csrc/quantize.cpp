@@ -1,10 +1,13 @@
 // Eq. 4 (quantize) and eq. 5 (dequantize), one channel at a time so the second pass reads from cache.
 #include "kernels.hpp"
+#include "simd.hpp"
 
 namespace baf {
 namespace {
 
-constexpr int kLanes = 8;  // independent accumulators the compiler turns into vector registers
+using simd::kLanes;
+using simd::vf;
+using simd::vi;
 
 bool is_non_finite(float v) {
   std::uint32_t u;
@@ -12,37 +15,104 @@ bool is_non_finite(float v) {
   return (u & 0x7f800000u) == 0x7f800000u;
 }
 
+bool is_fp16_inf(std::uint16_t h) { return (h & 0x7fffu) == 0x7c00u; }
+
 // Min and max of x[0..n); false if any element is NaN or infinite.
-bool min_max(const float* x, std::size_t n, float* lo, float* hi) {
-  float mn[kLanes], mx[kLanes];
-  std::uint32_t bad[kLanes];
-  for (int k = 0; k < kLanes; ++k) mn[k] = mx[k] = x[0], bad[k] = 0;
+BAF_SIMD_CLONES bool min_max(const float* x, std::size_t n, float* lo, float* hi) {
+  float mn = x[0], mx = x[0];
+  bool bad = false;
   std::size_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
+  if (n >= kLanes) {
+    vf vmn = simd::load<vf>(x), vmx = vmn;
+    vi vbad = {};
+    for (; i + kLanes <= n; i += kLanes) {
+      const vf v = simd::load<vf>(x + i);
+      vmn = v < vmn ? v : vmn;
+      vmx = v > vmx ? v : vmx;
+      vbad |= simd::non_finite(v);
+    }
     for (int k = 0; k < kLanes; ++k) {
-      const float v = x[i + k];
-      mn[k] = v < mn[k] ? v : mn[k];
-      mx[k] = v > mx[k] ? v : mx[k];
-      bad[k] |= is_non_finite(v);
+      mn = vmn[k] < mn ? vmn[k] : mn;
+      mx = vmx[k] > mx ? vmx[k] : mx;
+      bad |= vbad[k] != 0;
     }
   }
   for (; i < n; ++i) {
-    mn[0] = x[i] < mn[0] ? x[i] : mn[0];
-    mx[0] = x[i] > mx[0] ? x[i] : mx[0];
-    bad[0] |= is_non_finite(x[i]);
+    mn = x[i] < mn ? x[i] : mn;
+    mx = x[i] > mx ? x[i] : mx;
+    bad |= is_non_finite(x[i]);
   }
-  std::uint32_t any_bad = 0;
-  for (int k = 0; k < kLanes; ++k) {
-    mn[0] = mn[k] < mn[0] ? mn[k] : mn[0];
-    mx[0] = mx[k] > mx[0] ? mx[k] : mx[0];
-    any_bad |= bad[k];
-  }
-  *lo = mn[0];
-  *hi = mx[0];
-  return any_bad == 0;
+  *lo = mn;
+  *hi = mx;
+  return !bad;
 }
 
-bool is_fp16_inf(std::uint16_t h) { return (h & 0x7fffu) == 0x7c00u; }
+// q = clip(round((z - l) / range * maxq), 0, maxq), same float32 operations as the NumPy reference.
+template <class Q>
+inline __attribute__((always_inline)) void quantize_plane(const float* z, std::size_t n, float l, float range,
+                                                          float maxq, Q* q) {
+  const vf vl = simd::splat(l), vrange = simd::splat(range), vmaxq = simd::splat(maxq), zero = {};
+  const vf magic = simd::splat(8388608.0f);  // (v + 2^23) - 2^23 rounds half to even for 0 <= v < 2^23
+  std::size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    vf v = (simd::load<vf>(z + i) - vl) / vrange * vmaxq;
+    v = v < zero ? zero : v;
+    v = v > vmaxq ? vmaxq : v;
+    v = (v + magic) - magic;
+    simd::store(q + i, __builtin_convertvector(__builtin_convertvector(v, vi), simd::vec<Q>));
+  }
+  for (; i < n; ++i) {
+    float v = (z[i] - l) / range * maxq;
+    v = v < 0.0f ? 0.0f : v;
+    v = v > maxq ? maxq : v;
+    v = (v + 8388608.0f) - 8388608.0f;
+    q[i] = static_cast<Q>(static_cast<std::int32_t>(v));
+  }
+}
+
+BAF_SIMD_CLONES void quantize_plane_u8(const float* z, std::size_t n, float l, float range, float maxq,
+                                       std::uint8_t* q) {
+  quantize_plane(z, n, l, range, maxq, q);
+}
+BAF_SIMD_CLONES void quantize_plane_u16(const float* z, std::size_t n, float l, float range, float maxq,
+                                        std::uint16_t* q) {
+  quantize_plane(z, n, l, range, maxq, q);
+}
+void quantize_plane_any(const float* z, std::size_t n, float l, float range, float maxq, std::uint8_t* q) {
+  quantize_plane_u8(z, n, l, range, maxq, q);
+}
+void quantize_plane_any(const float* z, std::size_t n, float l, float range, float maxq, std::uint16_t* q) {
+  quantize_plane_u16(z, n, l, range, maxq, q);
+}
+
+// out = q * step + l, step = (hi - lo) / maxq: the bin centres whose edges clamp_to_bins uses.
+// Returns the largest q seen. A plain loop: the auto-vectoriser widens uint8/uint16 to float far
+// better than vector-extension conversions do.
+template <class Q>
+inline __attribute__((always_inline)) Q dequantize_plane(const Q* q, std::size_t n, float l, float step,
+                                                         float* __restrict out) {
+  Q top = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    top = q[i] > top ? q[i] : top;
+    out[i] = static_cast<float>(q[i]) * step + l;
+  }
+  return top;
+}
+
+BAF_SIMD_CLONES std::uint8_t dequantize_plane_u8(const std::uint8_t* q, std::size_t n, float l, float step,
+                                                 float* out) {
+  return dequantize_plane(q, n, l, step, out);
+}
+BAF_SIMD_CLONES std::uint16_t dequantize_plane_u16(const std::uint16_t* q, std::size_t n, float l, float step,
+                                                   float* out) {
+  return dequantize_plane(q, n, l, step, out);
+}
+std::uint8_t dequantize_plane_any(const std::uint8_t* q, std::size_t n, float l, float step, float* out) {
+  return dequantize_plane_u8(q, n, l, step, out);
+}
+std::uint16_t dequantize_plane_any(const std::uint16_t* q, std::size_t n, float l, float step, float* out) {
+  return dequantize_plane_u16(q, n, l, step, out);
+}
 
 }  // namespace
 
@@ -72,13 +142,7 @@ Result quantize(const float* z, Shape s, int bits, Q* q, std::uint16_t* lo, std:
         std::memset(qc, 0, plane * sizeof(Q));
         continue;
       }
-      for (std::size_t i = 0; i < plane; ++i) {
-        float v = (zc[i] - l) / range * maxq;
-        v = v < 0.0f ? 0.0f : v;
-        v = v > maxq ? maxq : v;
-        v = (v + 8388608.0f) - 8388608.0f;  // round half to even, exact for 0 <= v < 2^23
-        qc[i] = static_cast<Q>(static_cast<std::int32_t>(v));
-      }
+      quantize_plane_any(zc, plane, l, range, maxq, qc);
     }
   });
   return sink.first();
@@ -87,20 +151,13 @@ Result quantize(const float* z, Shape s, int bits, Q* q, std::uint16_t* lo, std:
 template <class Q>
 Result dequantize(const Q* q, Shape s, int bits, const std::uint16_t* lo, const std::uint16_t* hi, float* out) {
   const std::uint32_t maxq_int = (1u << bits) - 1u;
-  const float maxq = static_cast<float>(maxq_int);
   const std::size_t plane = s.plane();
   ResultSink sink(s.c);
   parallel_for(s.c, plane, [&](std::size_t begin, std::size_t end) {
     for (std::size_t c = begin; c < end; ++c) {
-      const Q* qc = q + c * plane;
-      float* oc = out + c * plane;
       const float l = half_to_float(lo[c]);
-      const float range = half_to_float(hi[c]) - l;
-      Q top = 0;
-      for (std::size_t i = 0; i < plane; ++i) {
-        top = qc[i] > top ? qc[i] : top;
-        oc[i] = static_cast<float>(qc[i]) / maxq * range + l;
-      }
+      const float step = (half_to_float(hi[c]) - l) / static_cast<float>(maxq_int);
+      const Q top = dequantize_plane_any(q + c * plane, plane, l, step, out + c * plane);
       if (top > maxq_int) sink.set(c, Status::q_out_of_range);
     }
   });
