@@ -109,10 +109,12 @@ class EvalSettings:
     batch_size: int = 1
 
     def __post_init__(self) -> None:
-        if not (0 <= self.conf_threshold < 1 and 0 < self.iou_threshold <= 1):
+        if not (0 <= self.conf_threshold <= 1 and 0 <= self.iou_threshold <= 1):
             raise ValueError(f"thresholds out of range: conf {self.conf_threshold}, NMS IoU {self.iou_threshold}")
         if self.max_detections < 1 or self.batch_size < 1:
-            raise ValueError(f"max_detections and batch_size must be >= 1, got {self.max_detections}, {self.batch_size}")
+            raise ValueError(
+                f"max_detections and batch_size must be >= 1, got {self.max_detections}, {self.batch_size}"
+            )
 
 
 # COCOeval.stats, in its order.
@@ -173,7 +175,7 @@ def coco_results(dets: Detections, image_id: int, category_ids: Sequence[int]) -
             "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
             "score": round(score, 5),
         }
-        for (x1, y1, x2, y2), score, label in zip(boxes, dets.scores.tolist(), dets.labels.tolist())
+        for (x1, y1, x2, y2), score, label in zip(boxes, dets.scores.tolist(), dets.labels.tolist(), strict=True)
     ]
 
 
@@ -190,7 +192,7 @@ def score(dataset: CocoDataset, results: list[dict[str, Any]]) -> dict[str, floa
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
+    return {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats, strict=True)}
 
 
 def evaluate(
@@ -220,9 +222,12 @@ def evaluate(
     device = next(model.parameters()).device
     clock = _Clock()
     results: list[dict[str, Any]] = []
-    with torch.inference_mode(), tqdm(
-        total=len(dataset.images), desc=mode, unit="img", disable=None if progress is None else not progress
-    ) as bar:
+    with (
+        torch.inference_mode(),
+        tqdm(
+            total=len(dataset.images), desc=mode, unit="img", disable=None if progress is None else not progress
+        ) as bar,
+    ):
         for i in range(0, len(dataset.images), settings.batch_size):
             batch = dataset.images[i : i + settings.batch_size]
             with clock("preprocess"):
@@ -246,7 +251,7 @@ def evaluate(
                     settings.iou_threshold,
                     settings.max_detections,
                 )
-                for (image_id, _), d, (_, box) in zip(batch, dets, pairs):
+                for (image_id, _), d, (_, box) in zip(batch, dets, pairs, strict=True):
                     results += coco_results(d.to_source(box), image_id, category_ids)
             bar.update(len(batch))
     n = len(dataset.images)

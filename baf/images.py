@@ -64,7 +64,10 @@ class Letterbox:
 
 
 def letterbox(image: np.ndarray, size: int) -> tuple[Tensor, Letterbox]:
-    """RGB uint8 [H,W,3] -> model input float32 [3,size,size] in [0,1] (bilinear resize, grey border), and its placement."""
+    """RGB uint8 [H,W,3] -> model input float32 [3,size,size] in [0,1], and its placement.
+
+    Bilinear resize, grey border, as darknet does.
+    """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be uint8 [H,W,3], got {image.dtype} {list(image.shape)}")
     box = Letterbox.fit(image.shape[1], image.shape[0], size)

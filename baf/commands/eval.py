@@ -1,4 +1,4 @@
-"""`baf eval`: COCO AP of a model on a COCO-style folder, unsplit (--baseline) or split without compression (--split-only)."""
+"""`baf eval`: COCO AP of a model on a COCO-style folder, unsplit (--baseline) or split, uncompressed (--split-only)."""
 
 from __future__ import annotations
 
@@ -28,42 +28,72 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, required=True, help="folder with images/ and one instances_*.json")
     p.add_argument("--json", type=Path, help="write the report here")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--baseline", dest="mode", action="store_const", const="baseline",
-                      help="run the whole model unsplit (the default)")
-    mode.add_argument("--split-only", dest="mode", action="store_const", const="split-only",
-                      help="run edge and cloud halves with Z passed on unchanged")
+    mode.add_argument(
+        "--baseline",
+        dest="mode",
+        action="store_const",
+        const="baseline",
+        help="run the whole model unsplit (the default)",
+    )
+    mode.add_argument(
+        "--split-only",
+        dest="mode",
+        action="store_const",
+        const="split-only",
+        help="run edge and cloud halves with Z passed on unchanged",
+    )
     p.set_defaults(mode="baseline")
     p.add_argument("--layer", type=int, help="split layer (default: the model's, 8 for yolov3-tiny, 12 for yolov3)")
-    p.add_argument("--size", type=_positive_int, default=512, help="input size, a multiple of 32 (default: %(default)s)")
+    p.add_argument(
+        "--size", type=_positive_int, default=512, help="input size, a multiple of 32 (default: %(default)s)"
+    )
     p.add_argument("--conf-thres", type=_unit_float, default=0.001, help="default: %(default)s")
     p.add_argument("--nms-iou", type=_unit_float, default=0.45, help="default: %(default)s")
-    p.add_argument("--max-det", type=_positive_int, default=300, help="detections kept per image (default: %(default)s)")
+    p.add_argument(
+        "--max-det", type=_positive_int, default=300, help="detections kept per image (default: %(default)s)"
+    )
     p.add_argument("--batch-size", type=_positive_int, default=1, help="default: %(default)s")
-    p.add_argument("--weights", type=Path, default=os.environ.get("BAF_WEIGHTS"),
-                   help="darknet .weights file (env BAF_WEIGHTS; default: the model's own)")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=os.environ.get("BAF_WEIGHTS"),
+        help="darknet .weights file (env BAF_WEIGHTS; default: the model's own)",
+    )
     p.add_argument("--limit", type=_positive_int, help="evaluate only the first N images (by image id)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the model and data, evaluate, print a summary table, write the JSON report."""
-    from baf.evaluate import CocoDataset, EvalSettings, evaluate, write_json
     from baf.errors import BafError
+    from baf.evaluate import CocoDataset, EvalSettings, evaluate, write_json
     from baf.models.split import split
     from baf.models.zoo import get_spec, load_model
 
     if args.json and not args.json.parent.is_dir():
         raise BafError(f"--json: folder {args.json.parent} does not exist")
+    if args.layer is not None and args.mode == "baseline":
+        raise BafError("--layer only applies to a split mode such as --split-only")
     spec = get_spec(args.model)
     model = load_model(spec.name, args.weights)
-    settings = EvalSettings(size=args.size, conf_threshold=args.conf_thres, iou_threshold=args.nms_iou,
-                            max_detections=args.max_det, batch_size=args.batch_size)
+    settings = EvalSettings(
+        size=args.size,
+        conf_threshold=args.conf_thres,
+        iou_threshold=args.nms_iou,
+        max_detections=args.max_det,
+        batch_size=args.batch_size,
+    )
     model.check_size(settings.size)
     cut = None if args.mode == "baseline" else split(model, spec.split_layer if args.layer is None else args.layer)
     dataset = CocoDataset.open(args.data, args.limit)
     result = evaluate(model, dataset, spec.category_ids, split=cut, settings=settings)
-    rows = [("model", result.model), ("mode", result.mode), ("split layer", "-" if result.split_layer is None else str(result.split_layer)),
-            ("size", str(settings.size)), ("images", str(result.images))]
+    rows = [
+        ("model", result.model),
+        ("mode", result.mode),
+        ("split layer", "-" if result.split_layer is None else str(result.split_layer)),
+        ("size", str(settings.size)),
+        ("images", str(result.images)),
+    ]
     rows += [(name, f"{value:.4f}") for name, value in result.stats.items() if name in ("AP", "AP50", "AP75")]
     rows += [(f"{stage} ms/frame", f"{ms:.1f}") for stage, ms in result.timings_ms.items()]
     width = max(len(name) for name, _ in rows)

@@ -82,6 +82,13 @@ class _Options:
         except ValueError:
             raise self.error(f"{key} must be an integer, got {value!r}") from None
 
+    def ints(self, key: str) -> list[int]:
+        value = self.text(key)
+        try:
+            return [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise self.error(f"{key} must be comma-separated integers, got {value!r}") from None
+
     def numbers(self, key: str) -> list[float]:
         value = self.text(key)
         try:
@@ -233,7 +240,13 @@ class Darknet(nn.Module):
                     raise o.error("grouped convolutions are not supported")
                 filters, conv_stride = o.int("filters"), o.int("stride", 1)
                 layer = ConvLayer(
-                    channels, filters, size, conv_stride, padding, bool(o.int("batch_normalize", 0)), activation == "leaky"
+                    channels,
+                    filters,
+                    size,
+                    conv_stride,
+                    padding,
+                    bool(o.int("batch_normalize", 0)),
+                    activation == "leaky",
                 )
                 channels, stride = filters, stride * conv_stride
             elif section.kind == "maxpool":
@@ -249,7 +262,7 @@ class Darknet(nn.Module):
             elif section.kind == "route":
                 if o.has("groups"):
                     raise o.error("route groups are not supported")
-                reads = tuple(_absolute(int(v), i, o) for v in o.numbers("layers"))
+                reads = tuple(_absolute(v, i, o) for v in o.ints("layers"))
                 if len({strides[j] for j in reads}) != 1:
                     raise o.error(f"routed layers {list(reads)} have different resolutions")
                 layer = Route(reads)
@@ -279,11 +292,12 @@ class Darknet(nn.Module):
         self.out_channels = tuple(out_channels)
         self.strides = tuple(strides)
         self.inputs = tuple(inputs)
-        self.reused = frozenset(j for i, layer in enumerate(self.layers) if isinstance(layer, (Route, Shortcut))
-                                for j in inputs[i])
+        self.reused = frozenset(
+            j for i, layer in enumerate(self.layers) if isinstance(layer, (Route, Shortcut)) for j in inputs[i]
+        )
 
     @classmethod
-    def from_cfg(cls, path: Path) -> Darknet:
+    def from_cfg(cls, path: str | os.PathLike[str]) -> Darknet:
         """Build the (randomly initialised) network that the cfg file at `path` describes."""
         try:
             text = Path(path).read_text()
@@ -298,7 +312,7 @@ class Darknet(nn.Module):
         return heads
 
     def check_size(self, size: int) -> None:
-        """Raise `ModelError` unless `size` x `size` inputs fit every layer (a positive multiple of the largest stride)."""
+        """Raise `ModelError` unless `size` x `size` inputs fit every layer: a multiple of the largest stride."""
         step = max(self.strides)
         if size < step or size % step:
             raise ModelError(f"input size {size} does not fit {self.name}: use a positive multiple of {step}")
@@ -324,7 +338,7 @@ def _yolo_spec(o: _Options, index: int) -> YoloSpec:
     num = o.int("num", len(values) // 2)
     if len(values) != 2 * num:
         raise o.error(f"num={num} needs {2 * num} anchor values, got {len(values)}")
-    mask = [int(m) for m in o.numbers("mask")] if o.has("mask") else list(range(num))
+    mask = o.ints("mask") if o.has("mask") else list(range(num))
     if not mask or any(not 0 <= m < num for m in mask):
         raise o.error(f"mask {mask} must index the {num} anchors")
     anchors = tuple((values[2 * m], values[2 * m + 1]) for m in mask)
@@ -380,7 +394,9 @@ def load_weights(model: Darknet, path: str | os.PathLike[str]) -> WeightsHeader:
             f.seek(header.nbytes)
             body = os.fstat(f.fileno()).st_size - header.nbytes
             if body % 4:
-                raise WeightsError(f"{path}: {body} bytes after the {header.nbytes}-byte header are not whole float32 values")
+                raise WeightsError(
+                    f"{path}: {body} bytes after the {header.nbytes}-byte header are not whole float32 values"
+                )
             expected = model.num_weights()
             if body // 4 != expected:
                 found = body // 4
@@ -403,6 +419,13 @@ def load_weights(model: Darknet, path: str | os.PathLike[str]) -> WeightsHeader:
                 n = tensor.numel()
                 tensor.copy_(floats[offset : offset + n].view_as(tensor))
                 offset += n
-    log.debug("weights=%s version=%d.%d.%d seen=%d floats=%d", path, header.major, header.minor, header.revision,
-              header.seen, offset)
+    log.debug(
+        "weights=%s version=%d.%d.%d seen=%d floats=%d",
+        path,
+        header.major,
+        header.minor,
+        header.revision,
+        header.seen,
+        offset,
+    )
     return header

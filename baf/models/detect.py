@@ -30,11 +30,14 @@ class Detections:
 
 
 def decode(outputs: Sequence[Tensor], heads: Sequence[YoloSpec], size: int) -> Tensor:
-    """Raw head maps of a `size` x `size` input -> [B, N, 5 + classes]: x1, y1, x2, y2 (pixels), objectness, class probabilities."""
+    """Raw head maps of a `size` x `size` input -> [B, N, 5 + classes].
+
+    Per row: x1, y1, x2, y2 (input pixels), objectness, class probabilities.
+    """
     if len(outputs) != len(heads):
         raise ValueError(f"{len(outputs)} head outputs for {len(heads)} heads")
     parts = []
-    for out, spec in zip(outputs, heads):
+    for out, spec in zip(outputs, heads, strict=True):
         b, _, h, w = out.shape
         a, n = len(spec.anchors), spec.classes + 5
         p = out.view(b, a, n, h, w).permute(0, 1, 3, 4, 2)
@@ -62,7 +65,7 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy NMS: indices of the kept boxes, highest score first; a box goes if it overlaps a kept one by IoU > threshold."""
+    """Greedy NMS: kept indices, highest score first; a box goes if its IoU with a kept one exceeds the threshold."""
     order = scores.argsort(descending=True, stable=True)
     overlaps = (box_iou(boxes[order], boxes[order]) > iou_threshold).cpu().numpy()
     suppressed = np.zeros(len(order), dtype=bool)
@@ -77,8 +80,10 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
     """NMS within each label separately; kept indices sorted by decreasing score."""
     # One class at a time keeps the IoU matrices small: at conf 0.001 there are thousands of candidates.
-    kept = [idx[nms(boxes[idx], scores[idx], iou_threshold)] for idx in
-            (torch.nonzero(labels == c).flatten() for c in labels.unique())]
+    kept = [
+        idx[nms(boxes[idx], scores[idx], iou_threshold)]
+        for idx in (torch.nonzero(labels == c).flatten() for c in labels.unique())
+    ]
     if not kept:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     keep = torch.cat(kept)

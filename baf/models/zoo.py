@@ -76,7 +76,8 @@ MODELS: dict[str, ModelSpec] = {
             weights_bytes=248_007_048,
             weights_sha256=None,
             find_default_weights=None,
-            how_to_get_weights="download the official darknet yolov3.weights and pass --weights PATH or set BAF_WEIGHTS",
+            how_to_get_weights="download the official darknet yolov3.weights, then pass --weights PATH "
+            "or set BAF_WEIGHTS",
         ),
     )
 }
@@ -137,6 +138,8 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | os.PathLike[str] | None
     return model.eval().requires_grad_(False)
 
 
-def load_split(name: str = DEFAULT_MODEL, layer: int | None = None, weights: str | os.PathLike[str] | None = None) -> Split:
+def load_split(
+    name: str = DEFAULT_MODEL, layer: int | None = None, weights: str | os.PathLike[str] | None = None
+) -> Split:
     """Model `name` cut at `layer` (default: the model's split layer)."""
     return split(load_model(name, weights), get_spec(name).split_layer if layer is None else layer)
