@@ -4,6 +4,7 @@ the cloud half starts with that layer's activation (DESIGN.md, Models)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -19,8 +20,8 @@ class EdgeModel(nn.Module):
 
     def __init__(self, model: Darknet, layer: int) -> None:
         super().__init__()
-        target = model.layers[layer]
-        assert isinstance(target, ConvLayer) and target.bn is not None
+        check_split_layer(model, layer)
+        target = cast(ConvLayer, model.layers[layer])
         self.layers = nn.ModuleList(model.layers[:layer])
         self.conv = target.conv
         self.bn = target.bn
@@ -41,8 +42,8 @@ class CloudModel(nn.Module):
 
     def __init__(self, model: Darknet, layer: int) -> None:
         super().__init__()
-        target = model.layers[layer]
-        assert isinstance(target, ConvLayer)
+        check_split_layer(model, layer)
+        target = cast(ConvLayer, model.layers[layer])
         self.layer = layer
         self.act = target.act
         self.layers = nn.ModuleList(model.layers[layer + 1 :])
@@ -125,8 +126,10 @@ def check_split_layer(model: Darknet, layer: int) -> None:
 
 
 def split(model: Darknet, layer: int) -> Split:
-    """Cut `model` inside conv layer `layer`; the halves run in the model's current mode and device."""
-    check_split_layer(model, layer)
+    """Cut `model` inside conv layer `layer` (`ModelError` if it cannot be cut there).
+
+    The halves share the model's modules, so they run in its current mode and on its device.
+    """
     return Split(model, layer, EdgeModel(model, layer), CloudModel(model, layer))
 
 
