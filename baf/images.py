@@ -72,7 +72,7 @@ def letterbox(image: np.ndarray, size: int) -> tuple[Tensor, Letterbox]:
         raise ValueError(f"image must be uint8 [H,W,3], got {image.dtype} {list(image.shape)}")
     box = Letterbox.fit(image.shape[1], image.shape[0], size)
     if (box.new_width, box.new_height) != (box.width, box.height):
-        image = np.asarray(Image.fromarray(image).resize((box.new_width, box.new_height), Image.BILINEAR))
+        image = np.asarray(Image.fromarray(image).resize((box.new_width, box.new_height), Image.Resampling.BILINEAR))
     out = torch.full((3, size, size), PAD_VALUE)
     pixels = torch.tensor(image).permute(2, 0, 1).float().div_(255)
     out[:, box.top : box.top + box.new_height, box.left : box.left + box.new_width] = pixels

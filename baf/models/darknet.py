@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -69,28 +70,28 @@ class _Options:
     def has(self, key: str) -> bool:
         return key in self._s.options
 
-    def text(self, key: str, default: str | None = None) -> str:
+    def get_text(self, key: str, default: str | None = None) -> str:
         value = self._s.options.get(key, default)
         if value is None:
             raise self.error(f"missing option {key!r}")
         return value
 
-    def int(self, key: str, default: int | None = None) -> int:
-        value = self.text(key, None if default is None else str(default))
+    def get_int(self, key: str, default: int | None = None) -> int:
+        value = self.get_text(key, None if default is None else str(default))
         try:
             return int(value)
         except ValueError:
             raise self.error(f"{key} must be an integer, got {value!r}") from None
 
-    def ints(self, key: str) -> list[int]:
-        value = self.text(key)
+    def get_ints(self, key: str) -> list[int]:
+        value = self.get_text(key)
         try:
             return [int(v) for v in value.split(",") if v.strip()]
         except ValueError:
             raise self.error(f"{key} must be comma-separated integers, got {value!r}") from None
 
-    def numbers(self, key: str) -> list[float]:
-        value = self.text(key)
+    def get_floats(self, key: str) -> list[float]:
+        value = self.get_text(key)
         try:
             return [float(v) for v in value.split(",") if v.strip()]
         except ValueError:
@@ -180,7 +181,7 @@ class Yolo(nn.Module):
 
 
 def run_layers(
-    layers: Sequence[nn.Module],
+    layers: Iterable[nn.Module],
     first: int,
     x: Tensor,
     saved: dict[int, Tensor],
@@ -219,7 +220,7 @@ class Darknet(nn.Module):
         super().__init__()
         self.name = name
         net = _Options(sections[0], source)
-        channels, stride = net.int("channels", 3), 1
+        channels, stride = net.get_int("channels", 3), 1
         self.in_channels = channels
         self.layers = nn.ModuleList()
         out_channels: list[int] = []
@@ -228,48 +229,48 @@ class Darknet(nn.Module):
         heads: list[YoloSpec] = []
         for i, section in enumerate(sections[1:]):
             o = _Options(section, source)
-            reads = (i - 1,) if i else ()
+            reads: tuple[int, ...] = (i - 1,) if i else ()
             layer: nn.Module
             if section.kind == "convolutional":
-                size = o.int("size", 1)
-                padding = o.int("padding", size // 2 if o.int("pad", 0) else 0)
-                activation = o.text("activation", "logistic")
+                size = o.get_int("size", 1)
+                padding = o.get_int("padding", size // 2 if o.get_int("pad", 0) else 0)
+                activation = o.get_text("activation", "logistic")
                 if activation not in ("leaky", "linear"):
                     raise o.error(f"activation {activation!r} is not supported (leaky, linear)")
-                if o.int("groups", 1) != 1:
+                if o.get_int("groups", 1) != 1:
                     raise o.error("grouped convolutions are not supported")
-                filters, conv_stride = o.int("filters"), o.int("stride", 1)
+                filters, conv_stride = o.get_int("filters"), o.get_int("stride", 1)
                 layer = ConvLayer(
                     channels,
                     filters,
                     size,
                     conv_stride,
                     padding,
-                    bool(o.int("batch_normalize", 0)),
+                    bool(o.get_int("batch_normalize", 0)),
                     activation == "leaky",
                 )
                 channels, stride = filters, stride * conv_stride
             elif section.kind == "maxpool":
-                pool_stride = o.int("stride", 1)
-                size = o.int("size", pool_stride)
-                layer = MaxPool(size, pool_stride, o.int("padding", size - 1))
+                pool_stride = o.get_int("stride", 1)
+                size = o.get_int("size", pool_stride)
+                layer = MaxPool(size, pool_stride, o.get_int("padding", size - 1))
                 stride *= pool_stride
             elif section.kind == "upsample":
-                factor = o.int("stride", 2)
+                factor = o.get_int("stride", 2)
                 if factor < 1 or stride % factor:
                     raise o.error(f"cannot upsample stride-{stride} features by {factor}")
                 layer, stride = Upsample(factor), stride // factor
             elif section.kind == "route":
                 if o.has("groups"):
                     raise o.error("route groups are not supported")
-                reads = tuple(_absolute(v, i, o) for v in o.ints("layers"))
+                reads = tuple(_absolute(v, i, o) for v in o.get_ints("layers"))
                 if len({strides[j] for j in reads}) != 1:
                     raise o.error(f"routed layers {list(reads)} have different resolutions")
                 layer = Route(reads)
                 channels, stride = sum(out_channels[j] for j in reads), strides[reads[0]]
             elif section.kind == "shortcut":
-                source_index = _absolute(o.int("from"), i, o)
-                if o.text("activation", "linear") != "linear":
+                source_index = _absolute(o.get_int("from"), i, o)
+                if o.get_text("activation", "linear") != "linear":
                     raise o.error("only linear shortcuts are supported")
                 if (out_channels[source_index], strides[source_index]) != (channels, stride):
                     raise o.error(f"layer {source_index} does not match the previous layer's shape")
@@ -334,25 +335,22 @@ def _absolute(index: int, current: int, o: _Options) -> int:
 
 
 def _yolo_spec(o: _Options, index: int) -> YoloSpec:
-    values = o.numbers("anchors")
-    num = o.int("num", len(values) // 2)
+    values = o.get_floats("anchors")
+    num = o.get_int("num", len(values) // 2)
     if len(values) != 2 * num:
         raise o.error(f"num={num} needs {2 * num} anchor values, got {len(values)}")
-    mask = o.ints("mask") if o.has("mask") else list(range(num))
+    mask = o.get_ints("mask") if o.has("mask") else list(range(num))
     if not mask or any(not 0 <= m < num for m in mask):
         raise o.error(f"mask {mask} must index the {num} anchors")
     anchors = tuple((values[2 * m], values[2 * m + 1]) for m in mask)
-    return YoloSpec(index, anchors, o.int("classes"))
+    return YoloSpec(index, anchors, o.get_int("classes"))
 
 
 def _darknet_tensors(layer: ConvLayer) -> list[Tensor]:
     """A conv layer's tensors in `.weights` order: BN beta, gamma, mean, variance (or the bias), then kernels."""
-    head = (
-        [layer.bn.bias, layer.bn.weight, layer.bn.running_mean, layer.bn.running_var]
-        if layer.bn is not None
-        else [layer.conv.bias]
-    )
-    return [*head, layer.conv.weight]
+    bn = layer.bn
+    head = [bn.bias, bn.weight, bn.running_mean, bn.running_var] if bn is not None else [layer.conv.bias]
+    return [cast(Tensor, t) for t in (*head, layer.conv.weight)]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ class EdgeModel(nn.Module):
         target = cast(ConvLayer, model.layers[layer])
         self.layers = nn.ModuleList(model.layers[:layer])
         self.conv = target.conv
-        self.bn = target.bn
+        self.bn = cast(nn.BatchNorm2d, target.bn)
         self._reused = model.reused
 
     def forward(self, images: Tensor) -> Tensor:
@@ -101,8 +101,9 @@ class Split:
     def bn_affine(self) -> tuple[Tensor, Tensor]:
         """(scale, shift) [P] with Z = scale * conv(X) + shift per channel, in float64 so that it inverts cleanly."""
         bn = self.bn
-        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-        return scale, bn.bias.double() - bn.running_mean.double() * scale
+        mean, var = cast(Tensor, bn.running_mean).double(), cast(Tensor, bn.running_var).double()
+        scale = bn.weight.double() / torch.sqrt(var + bn.eps)
+        return scale, bn.bias.double() - mean * scale
 
 
 def check_split_layer(model: Darknet, layer: int) -> None:
