@@ -19,3 +19,15 @@ class ImageError(BafError):
 
 class DatasetError(BafError):
     """An evaluation folder is not a usable COCO-style dataset (images/ plus one instances_*.json)."""
+
+
+class RankingError(BafError):
+    """A channel ranking is missing, malformed, or does not match its id, model or layer."""
+
+
+class CheckpointError(BafError):
+    """A predictor checkpoint is missing, damaged, or not the one expected; names expected vs found."""
+
+
+class TrainingDivergedError(BafError):
+    """Training produced a non-finite loss; the message gives the step and suggests a lower --lr."""

@@ -1,0 +1,112 @@
+"""Channel ranking (eq. 2-3): known orders on synthetic features, streaming = one shot, polyphase, file checks."""
+
+import json
+
+import pytest
+import torch
+
+from baf.errors import RankingError
+from baf.ranking import (
+    CorrelationStats,
+    Ranking,
+    load_ranking,
+    make_ranking,
+    order_channels,
+    ranking_id,
+    read_ranking,
+    write_ranking,
+)
+
+
+def synthetic(n: int = 6, noise: tuple[float, ...] = (0.0, 0.3, 3.0, 1.0), seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """X [n,4,8,8]; Z channel p = scaled sum of all X channels plus noise of std noise[p]: less noise ranks higher."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, 8, 8, generator=g, dtype=torch.float64)
+    base = x.sum(1, keepdim=True)
+    z = torch.cat([(p + 1) * -2.0 * base + s * torch.randn(n, 1, 8, 8, generator=g, dtype=torch.float64)
+                   for p, s in enumerate(noise)], 1)  # fmt: skip
+    return z, x
+
+
+def test_known_order_from_noise_levels():
+    z, x = synthetic()
+    stats = CorrelationStats(4, 4, 1)
+    stats.update(z, x)
+    assert order_channels(stats.rho()) == [0, 1, 3, 2]
+
+
+def test_exact_copy_has_correlation_one():
+    z, x = synthetic()
+    stats = CorrelationStats(4, 4, 1)
+    stats.update(x * 3 - 1, x)  # Z_p = affine copy of X_p
+    rho = stats.rho()
+    torch.testing.assert_close(rho.diagonal(), torch.ones(4, dtype=torch.float64))
+    assert float(rho.fill_diagonal_(0).max()) < 0.5
+
+
+def test_streaming_in_chunks_equals_one_shot():
+    z, x = synthetic(n=9)
+    one = CorrelationStats(4, 4, 1)
+    one.update(z, x)
+    chunked = CorrelationStats(4, 4, 1)
+    for i in range(0, 9, 4):
+        chunked.update(z[i : i + 4], x[i : i + 4])
+    torch.testing.assert_close(chunked.rho(), one.rho(), rtol=1e-12, atol=1e-12)
+
+
+def test_stride_two_uses_polyphase_components():
+    # Z_0 copies the (0, 1) phase of X_1, Z_1 is noise: rho[0, 1] = (1 + 3 small terms) / 4.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 2, 8, 8, generator=g, dtype=torch.float64)
+    z = torch.stack((x[:, 1, 0::2, 1::2], torch.randn(5, 4, 4, generator=g, dtype=torch.float64)), 1)
+    stats = CorrelationStats(2, 2, 2)
+    stats.update(z, x)
+    rho = stats.rho()
+    assert 0.25 <= float(rho[0, 1]) < 0.5
+    assert order_channels(rho) == [0, 1]
+    parts = stats.polyphase(x)
+    torch.testing.assert_close(parts[:, 1 * 4 + 0 * 2 + 1], x[:, 1, 0::2, 1::2])
+
+
+def test_constant_channel_ranks_last():
+    z, x = synthetic()
+    z[:, 0] = 5.0
+    stats = CorrelationStats(4, 4, 1)
+    stats.update(z, x)
+    assert order_channels(stats.rho())[-1] == 0
+
+
+def test_file_round_trip_and_tamper(tmp_path):
+    z, x = synthetic()
+    stats = CorrelationStats(4, 4, 1)
+    stats.update(z, x)
+    ranking = make_ranking(stats, model="m", layer=3, images={"count": 6}, command="baf rank")
+    path = tmp_path / "r.json"
+    write_ranking(ranking, path)
+    assert read_ranking(path) == ranking
+    data = json.loads(path.read_text())
+    data["order"] = data["order"][::-1]
+    path.write_text(json.dumps(data))
+    with pytest.raises(RankingError, match="does not match"):
+        read_ranking(path)
+    data["order"] = [0, 0, 1, 2]
+    path.write_text(json.dumps(data))
+    with pytest.raises(RankingError, match="permutation"):
+        read_ranking(path)
+
+
+def test_ranking_id_depends_on_model_layer_order():
+    assert ranking_id("m", 1, [0, 1]) != ranking_id("m", 1, [1, 0]) != ranking_id("m", 2, [1, 0])
+    assert len(ranking_id("m", 1, [0, 1])) == 16
+
+
+def test_packaged_ranking_loads():
+    ranking = load_ranking("yolov3-tiny", 8)
+    assert isinstance(ranking, Ranking)
+    assert ranking.channels == 256 and ranking.images["count"] == 1600
+    assert sorted(ranking.order) == list(range(256))
+
+
+def test_missing_packaged_ranking():
+    with pytest.raises(RankingError, match="no packaged ranking"):
+        load_ranking("yolov3-tiny", 999)
