@@ -21,6 +21,22 @@ class DatasetError(BafError):
     """An evaluation folder is not a usable COCO-style dataset (images/ plus one instances_*.json)."""
 
 
+class BitstreamError(BafError, ValueError):
+    """A `.baf` bitstream or stream container is truncated or inconsistent; names the check and byte offset."""
+
+
+class CodecError(BafError, ValueError):
+    """A payload codec was misconfigured, or could not encode an image or decode a payload."""
+
+
+class UnknownCodecError(CodecError):
+    """A codec name or wire id that no registered codec has; the message lists the valid ones."""
+
+
+class CodecUnavailableError(BafError):
+    """A codec's external dependency (ffmpeg, libx265, a JPEG XL build) is missing; says what to install."""
+
+
 class RankingError(BafError):
     """A channel ranking is missing, malformed, or does not match its id, model or layer."""
 
