@@ -22,7 +22,7 @@ Byte layout of one frame, version 1 (all integers little-endian, no padding):
 | 47 | 4 | letterbox scale, float32: model pixel = source pixel * scale + pad | finite, > 0 |
 | 51 | 4 | letterbox pad x, float32 | finite, >= 0 |
 | 55 | 4 | letterbox pad y, float32 | finite, >= 0 |
-| 59 | 8 | ranking id: first 8 bytes of SHA-256 of the ranking (`ranking_id`) | |
+| 59 | 8 | ranking id: `baf.ranking.ranking_id` (16 hex digits) as 8 bytes | |
 | 67 | 4 | payload length L | total length is exactly 71 + 4C + L |
 | 71 | 4C | side info: C pairs (lo, hi) of float16, channel order (C*32 bits, paper 3.2) | finite, lo <= hi |
 | 71 + 4C | L | codec payload: the tiled image (`baf.ops.tile`) coded by the codec | |
@@ -39,11 +39,10 @@ message names the failed check and its byte offset; it allocates nothing beyond 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -103,7 +102,7 @@ class Header:
     scale: float  # letterbox: model pixel = source pixel * scale + pad
     pad_x: float = 0.0
     pad_y: float = 0.0
-    ranking_id: bytes
+    ranking_id: bytes  # bytes.fromhex(ranking.id) of the `baf.ranking` ranking that chose the C channels
     codec: int = 1  # wire id; `encode_frame` fills codec, lossless, qp and inter from the codec
     lossless: bool = True
     qp: int = 0
@@ -149,6 +148,11 @@ class Header:
             raise _fail("ranking_id", f"ranking id must be {RANKING_ID_BYTES} bytes")
 
     @property
+    def ranking_hex(self) -> str:
+        """The ranking id as `baf.ranking` writes it (16 hex digits), to compare with a loaded ranking."""
+        return self.ranking_id.hex()
+
+    @property
     def codec_name(self) -> str:
         """The registered name of the header's codec, e.g. "jxl"."""
         return codecs.by_wire_id(self.codec).name
@@ -178,11 +182,6 @@ class Frame:
     lo: np.ndarray
     hi: np.ndarray
     payload: bytes
-
-
-def ranking_id(ranking: Sequence[int]) -> bytes:
-    """The 8-byte id of a channel ranking: SHA-256 of the indices as int32 little-endian, truncated."""
-    return hashlib.sha256(np.asarray(ranking, dtype="<i4").tobytes()).digest()[:RANKING_ID_BYTES]
 
 
 def _check_side_info(lo: np.ndarray, hi: np.ndarray, channels: int, where: int) -> None:
