@@ -6,11 +6,20 @@ STAMP := $(VENV)/.installed
 # The CPU wheel of torch (a plain `torch` would pull the multi-GB CUDA build).
 TORCH := torch==2.13.0
 
-.PHONY: install test bench clean
+# Debian packages: ffmpeg with libx265 (HEVC payloads, video sources), opencv-doc (the demo clip).
+SYSDEPS := ffmpeg opencv-doc
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: install sysdeps test bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.hpp)
+sysdeps:
+	@if ! ffmpeg -hide_banner -encoders 2>/dev/null | grep -q libx265 || ! dpkg -s opencv-doc >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SYSDEPS); \
+	fi
+
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.hpp) | sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel pybind11
 	$(BIN)/pip install -q $(TORCH)
