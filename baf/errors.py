@@ -47,3 +47,11 @@ class CheckpointError(BafError):
 
 class TrainingDivergedError(BafError):
     """Training produced a non-finite loss; the message gives the step and suggests a lower --lr."""
+
+
+class SourceError(BafError):
+    """A frame source (image, folder of images, video or camera) cannot be opened or read."""
+
+
+class HeaderMismatchError(BafError):
+    """A bitstream was made for another model, split layer, P, feature size or ranking than the decoder's."""

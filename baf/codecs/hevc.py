@@ -56,14 +56,17 @@ def _checked_binary(path: str) -> str:
     return path
 
 
-def ffmpeg_binary() -> str:
-    """The ffmpeg to run: `$BAF_FFMPEG` or `ffmpeg` on PATH, checked to have libx265."""
+def ffmpeg_path() -> str:
+    """The ffmpeg to run: `$BAF_FFMPEG` or `ffmpeg` on PATH (video sources use it too)."""
     path = os.environ.get("BAF_FFMPEG") or shutil.which("ffmpeg")
     if not path:
-        raise CodecUnavailableError(
-            "hevc: ffmpeg not found on PATH; install it (apt-get install ffmpeg) or set BAF_FFMPEG"
-        )
-    return _checked_binary(path)
+        raise CodecUnavailableError("ffmpeg not found on PATH; install it (apt-get install ffmpeg) or set BAF_FFMPEG")
+    return path
+
+
+def ffmpeg_binary() -> str:
+    """`ffmpeg_path()`, checked to have libx265."""
+    return _checked_binary(ffmpeg_path())
 
 
 def _nal_headers(data: bytes) -> list[int]:
