@@ -30,7 +30,7 @@ from baf.errors import BafError, BitstreamError, HeaderMismatchError, ModelError
 from baf.images import Letterbox
 from baf.models.detect import Detections, detect
 from baf.models.split import Split
-from baf.ranking import Ranking, load_ranking, read_ranking
+from baf.ranking import Ranking, find_ranking
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +172,7 @@ class CloudPipeline:
         from baf.models.zoo import load_split
 
         split = load_split(model, layer, weights)
-        found = load_ranking(split.model.name, split.layer) if ranking is None else read_ranking(ranking)
-        return cls(split, found, restorer=restorer, settings=settings)
+        return cls(split, find_ranking(split.model.name, split.layer, ranking), restorer=restorer, settings=settings)
 
     def stream(self) -> FrameDecoder:
         """A decoder for one new stream, checking headers against this pipeline."""
@@ -211,7 +210,8 @@ class CloudPipeline:
         box = Letterbox.fit(header.source_width, header.source_height, self.input_size(header))
         horizontal = box.width >= box.height
         scale = box.new_width / box.width if horizontal else box.new_height / box.height
-        if not (math.isclose(header.scale, scale, rel_tol=1e-6) and (header.pad_x, header.pad_y) == (box.left, box.top)):
+        same_pad = (header.pad_x, header.pad_y) == (box.left, box.top)
+        if not (math.isclose(header.scale, scale, rel_tol=1e-6) and same_pad):
             raise BitstreamError(
                 f"letterbox: scale {header.scale:g} pad ({header.pad_x:g}, {header.pad_y:g}) is not the darknet "
                 f"placement of {box.width}x{box.height} into {box.size} (scale {scale:g} pad ({box.left}, {box.top}))"

@@ -20,7 +20,7 @@ from baf.codecs.hevc import HevcStreamEncoder
 from baf.errors import BafError, CodecError
 from baf.images import Letterbox
 from baf.models.split import Split, edge_image
-from baf.ranking import Ranking, load_ranking, read_ranking
+from baf.ranking import Ranking, find_ranking
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class EdgeEncoder:
         from baf.models.zoo import load_split
 
         split = load_split(config.model, config.layer, config.weights)
-        ranking = load_ranking(split.model.name, split.layer) if config.ranking is None else read_ranking(config.ranking)
+        ranking = find_ranking(split.model.name, split.layer, config.ranking)
         return cls(
             split, ranking, channels=config.channels, bits=config.bits, codec=config.codec, effort=config.effort,
             qp=config.qp, stream=config.stream, size=config.size,

@@ -239,3 +239,13 @@ def load_ranking(model: str, layer: int) -> Ranking:
     if (ranking.model, ranking.layer) != (model, layer):
         raise RankingError(f"{path}: ranks {ranking.model} layer {ranking.layer}, expected {model} layer {layer}")
     return ranking
+
+
+def find_ranking(model: str, layer: int, path: str | os.PathLike[str] | None = None) -> Ranking:
+    """The ranking file at `path` if given (it must rank `model` at `layer`), else the packaged one."""
+    if path is None:
+        return load_ranking(model, layer)
+    ranking = read_ranking(path)
+    if (ranking.model, ranking.layer) != (model, layer):
+        raise RankingError(f"{path}: ranks {ranking.model} layer {ranking.layer}, expected {model} layer {layer}")
+    return ranking

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         for name, data in itertools.chain([first], bitstreams):
             frame = decoder.decode(data)
             h = frame.header
-            line = f"{name}: seq {h.sequence}, {h.channels}x{h.height}x{h.width} at n={h.bits}, {frame.size_bytes:,} bytes"
+            line = f"{name}: seq {h.sequence}, {h.channels}x{h.height}x{h.width} at n={h.bits}, {frame.size_bytes:,} B"
             if args.tensor is not None:
                 tensors.append(frame.z)
             if pipeline is not None:
@@ -78,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
     if args.tensor is not None:
         if len({t.shape for t in tensors}) != 1:
             raise BafError("--tensor: frames have different C, H or W; decode them one file at a time")
-        np.save(args.tensor, tensors[0] if single else np.stack(tensors))
-        print(f"{args.tensor}: dequantized channels {list(tensors[0].shape if single else (len(tensors), *tensors[0].shape))} float32")
+        array = tensors[0] if single else np.stack(tensors)
+        np.save(args.tensor, array)
+        print(f"{args.tensor}: dequantized transmitted channels {list(array.shape)} float32")
     if pipeline is not None:
         report = {"model": pipeline.split.model.name, "split_layer": pipeline.split.layer,
                   "ranking_id": pipeline.ranking.id, "restoration": pipeline.restoration,

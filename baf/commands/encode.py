@@ -79,10 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from baf.edge import EdgeEncoder
+    from baf.edge import EdgeConfig, EdgeEncoder
     from baf.errors import BafError
-    from baf.models.zoo import load_split
-    from baf.ranking import load_ranking, read_ranking
     from baf.rate import frame_rate
     from baf.sources import open_source
 
@@ -90,13 +88,13 @@ def run(args: argparse.Namespace) -> int:
     single = source.kind == "image"
     if args.intra and args.codec != "hevc":
         raise BafError("--intra applies to hevc only (other codecs always code frames on their own)")
-    split = load_split(args.model, args.layer, args.weights)
-    ranking = load_ranking(split.model.name, split.layer) if args.ranking is None else read_ranking(args.ranking)
     torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
-    encoder = EdgeEncoder(
-        split, ranking, channels=args.channels, bits=args.bits, codec=args.codec, effort=args.effort, qp=args.qp,
-        stream=args.codec == "hevc" and source.kind == "video" and not args.intra, size=args.size,
-    )  # fmt: skip
+    encoder = EdgeEncoder.load(EdgeConfig(
+        model=args.model, layer=args.layer, weights=args.weights, ranking=args.ranking, channels=args.channels,
+        bits=args.bits, codec=args.codec, effort=args.effort, qp=args.qp, size=args.size,
+        stream=args.codec == "hevc" and source.kind == "video" and not args.intra,
+    ))  # fmt: skip
+    split = encoder.split
     out = _Output(args.output, single)
     sizes, bits_per_element, times_ms = [], [], []
     jpeg = source.files[0].stat().st_size if single and source.files[0].suffix.lower() in (".jpg", ".jpeg") else None
@@ -125,5 +123,6 @@ def run(args: argparse.Namespace) -> int:
         f"{statistics.fmean(bits_per_element):.3f} bits/element, median {statistics.median(times_ms):.0f} ms/frame"
     )
     if jpeg is not None:
-        print(f"source JPEG {jpeg:,} bytes: the bitstream is {sizes[0] / jpeg:.1%} of it ({1 - sizes[0] / jpeg:.1%} saved)")
+        ratio = sizes[0] / jpeg
+        print(f"source JPEG {jpeg:,} bytes: the bitstream is {ratio:.1%} of it ({1 - ratio:.1%} saved)")
     return 0

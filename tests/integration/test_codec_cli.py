@@ -22,7 +22,8 @@ def encoded(shared_data, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("codec_cli")
     image = sorted((shared_data / "coco-val164" / "images").glob("*.jpg"))[0]
     files = {"image": out / "one.baf"}
-    assert main(["encode", str(image), "-o", str(files["image"]), "--channels", "32", "--bits", "6", "--effort", "2"]) == 0
+    argv = ["encode", str(image), "-o", str(files["image"]), "--channels", "32", "--bits", "6", "--effort", "2"]
+    assert main(argv) == 0
     if VTEST.is_file():
         files["video"] = out / "v.bafs"
         argv = ["encode", str(VTEST), "-o", str(files["video"]), "--frames", "3", "--channels", "16", "--codec", "hevc"]

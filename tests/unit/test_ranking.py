@@ -110,3 +110,17 @@ def test_packaged_ranking_loads():
 def test_missing_packaged_ranking():
     with pytest.raises(RankingError, match="no packaged ranking"):
         load_ranking("yolov3-tiny", 999)
+
+
+def test_find_ranking_takes_a_file_only_for_its_own_model_and_layer(tmp_path):
+    import dataclasses
+
+    from baf.ranking import find_ranking, load_ranking, ranking_id, write_ranking
+
+    packaged = load_ranking("yolov3-tiny", 8)
+    assert find_ranking("yolov3-tiny", 8) == packaged
+    other = dataclasses.replace(packaged, model="yolov3", id=ranking_id("yolov3", 8, packaged.order))
+    write_ranking(other, tmp_path / "r.json")
+    assert find_ranking("yolov3", 8, tmp_path / "r.json").id == other.id
+    with pytest.raises(RankingError, match="ranks yolov3 layer 8, expected yolov3-tiny layer 8"):
+        find_ranking("yolov3-tiny", 8, tmp_path / "r.json")
