@@ -96,3 +96,23 @@ def clamp_to_bins_torch(
     lower = lo32 + (k - 0.5).clamp(min=0.0) * step
     upper = lo32 + (k + 0.5).clamp(max=maxq) * step
     return pred.float().maximum(lower).minimum(upper)
+
+
+def quantize_torch(z: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`quantize` for a batch of torch tensors on any device: z [..., C, H, W] float32 -> (q, lo, hi).
+
+    q is int32 (torch has no uint16), lo/hi float16 [..., C]. Same float32 operations as the native
+    kernel; torch.round breaks ties to even, so q may differ from it by one step at exact ties.
+    """
+    import torch
+
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"bits: expected an int in 1..{MAX_BITS}, got {bits!r}")
+    if z.dim() < 3 or z.dtype != torch.float32:
+        raise ValueError(f"z: expected float32 [..., C, H, W], got {z.dtype} {tuple(z.shape)}")
+    maxq = float(2**bits - 1)
+    flat = z.flatten(-2)
+    lo, hi = flat.amin(-1).half(), flat.amax(-1).half()
+    lo32, span = lo.float()[..., None, None], (hi.float() - lo.float())[..., None, None]
+    v = torch.where(span == 0, torch.zeros_like(z), (z - lo32) / span * maxq)
+    return v.round().clamp(0, maxq).to(torch.int32), lo, hi

@@ -60,6 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="darknet .weights file (env BAF_WEIGHTS; default: the model's own)",
     )
     p.add_argument("--limit", type=_positive_int, help="evaluate only the first N images (by image id)")
+    p.add_argument("--predictor", type=Path,
+                   help="BaF checkpoint (.json or .safetensors): send only --channels ranked channels at --bits, restore the rest")
+    p.add_argument("--channels", type=_positive_int, default=64, help="C, with --predictor (default: %(default)s)")
+    p.add_argument("--bits", type=_positive_int, default=8, help="n, with --predictor (default: %(default)s)")
     p.set_defaults(run=run)
 
 
@@ -84,9 +88,21 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     model.check_size(settings.size)
-    cut = None if args.mode == "baseline" else split(model, spec.split_layer if args.layer is None else args.layer)
+    layer = spec.split_layer if args.layer is None else args.layer
+    cut = None if args.mode == "baseline" and args.predictor is None else split(model, layer)
+    transform, mode = None, None
+    if args.predictor is not None:
+        from baf.predictor import load_predictor, z_transform
+        from baf.ranking import load_ranking
+
+        predictor = load_predictor(args.predictor, model=spec.name, layer=layer, ranking_id=load_ranking(spec.name, layer).id)
+        try:
+            transform = z_transform(predictor, args.channels, args.bits)
+        except ValueError as e:
+            raise BafError(f"--predictor {args.predictor}: {e}") from None
+        mode = f"baf C={args.channels} n={args.bits}"
     dataset = CocoDataset.open(args.data, args.limit)
-    result = evaluate(model, dataset, spec.category_ids, split=cut, settings=settings)
+    result = evaluate(model, dataset, spec.category_ids, split=cut, z_transform=transform, mode=mode, settings=settings)
     rows = [
         ("model", result.model),
         ("mode", result.mode),

@@ -1,0 +1,145 @@
+"""BaF predictor: exact inverse BN, shapes for stride 1 and 2, the eq. 6 clamp, checkpoints and tamper detection."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from baf import ops
+from baf.errors import CheckpointError
+from baf.predictor import BafPredictor, PredictorConfig, fit_linear_skip, load_predictor, save_predictor
+
+
+def make(stride: int = 1, channels=(2, 4), bits=(2, 8), linear_skip: bool = True, seed: int = 0) -> tuple[BafPredictor, nn.BatchNorm2d]:
+    """A predictor for a random conv (Q=4 -> P=8, 3x3, `stride`) + BN, ranked in reverse channel order."""
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(4, 8, 3, stride, 1, bias=False)
+    bn = nn.BatchNorm2d(8).eval()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2).mul_(torch.tensor([1, -1] * 4))
+        bn.bias.normal_()
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    shift = bn.bias.double() - bn.running_mean.double() * scale
+    cfg = PredictorConfig(model="toy", layer=3, ranking_id="0123456789abcdef", channels=channels, bits=bits,
+                          out_channels=8, in_channels=4, stride=stride, kernel_size=3, padding=1, hidden=8,
+                          linear_skip=linear_skip, activation_slope=0.1)  # fmt: skip
+    std = torch.sqrt(bn.running_var.double() + bn.eps)
+    return BafPredictor(cfg, conv.weight, scale, shift, bn.running_mean, std, list(range(7, -1, -1))), bn
+
+
+def test_inverse_bn_exactly_inverts_bn():
+    predictor, bn = make()
+    y = torch.randn(2, 8, 5, 5, dtype=torch.float64)
+    z = bn.double()(y)
+    order = predictor.order
+    back = predictor.inverse_bn(z[:, order[:4]])
+    torch.testing.assert_close(back, y[:, order[:4]], rtol=0, atol=1e-12)
+
+
+def test_forward_layer_is_the_frozen_conv_and_bn():
+    predictor, bn = make()
+    conv = nn.Conv2d(4, 8, 3, 1, 1, bias=False)
+    conv.weight.data.copy_(predictor.conv_weight)
+    x = torch.randn(2, 4, 6, 6)
+    torch.testing.assert_close(predictor.forward_layer(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("linear_skip", [True, False])
+def test_output_shapes(stride, linear_skip):
+    predictor, _ = make(stride, linear_skip=linear_skip)
+    z = torch.randn(3, 2, 5, 5)
+    assert predictor.backward_input(z, 8).shape == (3, 4, 5 * stride, 5 * stride)
+    assert predictor(z, 2).shape == (3, 8, 5, 5)
+    assert predictor(torch.randn(3, 4, 5, 5), 8).shape == (3, 8, 5, 5)
+
+
+def test_unserved_channels_or_bits_rejected():
+    predictor, _ = make()
+    with pytest.raises(ValueError, match="C=3"):
+        predictor(torch.randn(1, 3, 4, 4), 8)
+    with pytest.raises(ValueError, match="n=5"):
+        predictor(torch.randn(1, 2, 4, 4), 5)
+
+
+@pytest.mark.parametrize("bits", [2, 8])
+def test_restore_clamps_transmitted_channels_into_their_bins(bits):
+    predictor, _ = make(bits=(bits,))
+    with torch.no_grad():
+        for p in predictor.net.parameters():
+            p.normal_()  # a poor prediction, so the clamp has work to do
+    z = torch.randn(2, 8, 6, 6) * 3
+    zc = z[:, predictor.order[:4]]
+    qs, los, his = zip(*(ops.quantize(s.numpy().copy(), bits) for s in zc))
+    q = torch.from_numpy(np.stack(qs)).int()
+    lo = torch.from_numpy(np.stack(los))
+    hi = torch.from_numpy(np.stack(his))
+    with torch.no_grad():
+        out = predictor.restore(q, lo, hi, bits)
+    sent = out[:, predictor.order[:4]]
+    lo32, step = lo.float()[..., None, None], ((hi.float() - lo.float()) / (2**bits - 1))[..., None, None]
+    lower = lo32 + (q.float() - 0.5).clamp(min=0) * step
+    upper = lo32 + (q.float() + 0.5).clamp(max=2**bits - 1) * step
+    assert bool(((sent >= lower) & (sent <= upper)).all())
+    raw = predictor(ops.dequantize_torch(q, lo, hi, bits), bits)
+    others = [p for p in range(8) if p not in predictor.order[:4].tolist()]
+    torch.testing.assert_close(out[:, others], raw[:, others])
+
+
+def test_least_squares_path_recovers_a_linear_inverse():
+    # X is an exact linear 1x1 function of the first 4 ranked channels' conv outputs: LS must find it.
+    predictor, _ = make(channels=(4,))
+    g = torch.Generator().manual_seed(3)
+    mix = torch.randn(4, 4, generator=g)
+    x = torch.randn(16, 4, 6, 6, generator=g)
+    u = torch.einsum("qc,bchw->bqhw", mix, x)  # conv outputs of the first 4 ranked channels
+    z = torch.zeros(16, 8, 6, 6)
+    idx = predictor.order[:4]
+    z[:, idx] = (u * predictor.bn_scale[idx].float()[:, None, None] + predictor.bn_shift[idx].float()[:, None, None])
+    fit_linear_skip(predictor, [(z[:8], x[:8]), (z[8:], x[8:])], ridge=1e-9)
+    with torch.no_grad():
+        x_hat = predictor.backward_input(z[:, idx], 8)
+    torch.testing.assert_close(x_hat, x, rtol=1e-3, atol=1e-3)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    predictor, _ = make()
+    save_predictor(predictor, tmp_path / "toy", {"train": {"steps": 3}})
+    loaded = load_predictor(tmp_path / "toy.json", model="toy", layer=3, ranking_id="0123456789abcdef")
+    assert loaded.config == predictor.config
+    for k, v in predictor.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0)
+    assert json.loads((tmp_path / "toy.json").read_text())["train"]["steps"] == 3
+
+
+def test_checkpoint_tamper_and_identity_detected(tmp_path):
+    predictor, _ = make()
+    weights = save_predictor(predictor, tmp_path / "toy")
+    with pytest.raises(CheckpointError, match="layer 3, expected 4"):
+        load_predictor(weights, layer=4)
+    with pytest.raises(CheckpointError, match="ranking_id"):
+        load_predictor(weights, ranking_id="ffffffffffffffff")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_predictor(weights)
+    side = tmp_path / "toy.json"
+    side.write_text(json.dumps({**json.loads(side.read_text()), "format": "other/9"}))
+    with pytest.raises(CheckpointError, match="format 'other/9'"):
+        load_predictor(side)
+
+
+def test_checkpoint_with_wrong_tensors_rejected(tmp_path):
+    predictor, _ = make()
+    save_predictor(predictor, tmp_path / "toy")
+    side = tmp_path / "toy.json"
+    data = json.loads(side.read_text())
+    data["hidden"] = 16  # the sidecar now describes another network than the weights hold
+    side.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_predictor(side)
