@@ -58,7 +58,7 @@ class PredictorConfig:
     padding: int
     hidden: int
     linear_skip: bool
-    activation_slope: float  # the split layer's leaky slope (0 for an identity activation is not used)
+    activation_slope: float  # the split layer's leaky slope (1.0 for an identity activation)
 
     def __post_init__(self) -> None:
         if not self.channels or list(self.channels) != sorted(set(self.channels)) or self.channels[0] < 1:
@@ -120,6 +120,7 @@ class BafPredictor(nn.Module):
         if bool((bn_scale == 0).any()) or bool((bn_std <= 0).any()):
             raise ValueError("bn_scale, bn_std: a zero BN scale cannot be inverted, and std must be positive")
         self.config = c
+        self.source_sha256: str | None = None  # sha256 of the weights file it was loaded from, if any
         self.register_buffer("conv_weight", conv_weight.detach().float().clone())
         self.register_buffer("bn_scale", bn_scale.detach().double().clone())
         self.register_buffer("bn_shift", bn_shift.detach().double().clone())
@@ -160,7 +161,9 @@ class BafPredictor(nn.Module):
     ) -> BafPredictor:
         """A fresh predictor for `split` (a `baf.models.split.Split`) and `ranking` (a `baf.ranking.Ranking`)."""
         if (ranking.model, ranking.layer) != (split.model.name, split.layer):
-            raise ValueError(f"ranking is for {ranking.model} layer {ranking.layer}, split is {split.model.name} layer {split.layer}")
+            raise ValueError(
+                f"ranking is for {ranking.model} layer {ranking.layer}, split is {split.model.name} layer {split.layer}"
+            )
         act = split.cloud.act
         config = PredictorConfig(
             model=split.model.name, layer=split.layer, ranking_id=ranking.id,
@@ -185,7 +188,8 @@ class BafPredictor(nn.Module):
     def channel_index(self, channels: int) -> int:
         """Position of C in the served channel counts; ValueError if C is not served."""
         if channels not in self.config.channels:
-            raise ValueError(f"channels: C={channels} is not served; this predictor serves {list(self.config.channels)}")
+            served = list(self.config.channels)
+            raise ValueError(f"channels: C={channels} is not served; this predictor serves {served}")
         return self.config.channels.index(channels)
 
     def inverse_bn(self, z: Tensor) -> Tensor:
@@ -357,7 +361,8 @@ def load_predictor(
         raise CheckpointError(f"checkpoint weights {weights} not found")
     digest = sha256_file(weights)
     if digest != data.get("sha256"):
-        raise CheckpointError(f"{weights}: sha256 {digest[:16]}..., expected {str(data.get('sha256'))[:16]}... (sidecar)")
+        expected = str(data.get("sha256"))[:16]
+        raise CheckpointError(f"{weights}: sha256 {digest[:16]}..., expected {expected}... (sidecar)")
     try:
         config = PredictorConfig.from_json({k: data[k] for k in PredictorConfig.__dataclass_fields__})
         tensors = load_file(str(weights), device=str(map_location))
@@ -372,7 +377,9 @@ def load_predictor(
     except (KeyError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{weights}: tensors do not fit the sidecar's config ({e})") from None
     if data.get("split_digest") not in (None, predictor.split_digest()):
-        raise CheckpointError(f"{weights}: split_digest {predictor.split_digest()}, expected {data['split_digest']} (sidecar)")
+        found = predictor.split_digest()
+        raise CheckpointError(f"{weights}: split_digest {found}, expected {data['split_digest']} (sidecar)")
+    predictor.source_sha256 = digest
     return predictor.to(map_location).eval()
 
 
@@ -394,3 +401,22 @@ def z_transform(predictor: BafPredictor, channels: int, bits: int) -> Callable[[
         return predictor.restore(q, lo, hi, bits).to(z.dtype)
 
     return transform
+
+
+def record_eval(path: str | os.PathLike[str], weights_sha256: str, entry: dict[str, Any]) -> None:
+    """Add a measured score (`entry`: dataset, C, n, AP, AP50, ...) to a checkpoint's sidecar `eval` list.
+
+    `weights_sha256` is the sha of the weights that were scored: if the checkpoint changed since (a training
+    run publishing over it), `CheckpointError` is raised instead of attaching the score to other weights.
+    An earlier entry for the same dataset, C and n is replaced.
+    """
+    data, _ = read_sidecar(path)
+    side = Path(path).with_suffix(".json")
+    if data.get("sha256") != weights_sha256:
+        raise CheckpointError(f"{side}: weights changed since they were scored; not recorded")
+    key = (entry.get("dataset"), entry.get("channels"), entry.get("bits"))
+    kept = [e for e in data.get("eval", []) if (e.get("dataset"), e.get("channels"), e.get("bits")) != key]
+    data["eval"] = kept + [entry]
+    tmp = side.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, side)

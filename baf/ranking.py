@@ -103,7 +103,8 @@ def order_channels(rho: Tensor) -> list[int]:
 
 def ranking_id(model: str, layer: int, order: Sequence[int]) -> str:
     """The id bitstreams refer to: first 16 hex digits of sha256 of the canonical (model, layer, order)."""
-    canonical = json.dumps({"layer": layer, "model": model, "order": list(order)}, separators=(",", ":"), sort_keys=True)
+    fields = {"layer": layer, "model": model, "order": list(order)}
+    canonical = json.dumps(fields, separators=(",", ":"), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

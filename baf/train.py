@@ -67,7 +67,8 @@ class FeatureCache:
         try:
             meta = json.loads((root / "meta.json").read_text())
         except (OSError, ValueError) as e:
-            raise BafError(f"{root}: not a complete feature cache ({e}); rebuild it with `baf train --cache {root}`") from None
+            hint = f"rebuild it with `baf train --cache {root} --cache-only`"
+            raise BafError(f"{root}: not a complete feature cache ({e}); {hint}") from None
         if meta.get("format") != CACHE_FORMAT:
             raise BafError(f"{root}: cache format {meta.get('format')!r}, expected {CACHE_FORMAT!r}")
         z = np.load(root / "z.npy", mmap_mode="r")
@@ -112,7 +113,8 @@ def build_cache(
         root / "x.npy", "w+", np.float16, (len(paths), split.in_channels, h * split.stride, h * split.stride)
     )
     with torch.inference_mode():
-        for i, path in enumerate(tqdm(paths, desc="cache", unit="img", disable=None if progress is None else not progress)):
+        bar = tqdm(paths, desc="cache", unit="img", disable=None if progress is None else not progress)
+        for i, path in enumerate(bar):
             image, _ = letterbox(load_image(path), size)
             z, x = split.edge.forward_with_input(image[None])
             z_out[i], x_out[i] = z[0].numpy(), x[0].numpy()
@@ -155,7 +157,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.lr <= 0 or self.heldout < 0:
-            raise BafError(f"--batch-size and --lr must be positive and --heldout >= 0 (got {self.batch_size}, {self.lr}, {self.heldout})")
+            raise BafError(
+                f"--batch-size and --lr must be positive and --heldout >= 0 "
+                f"(got {self.batch_size}, {self.lr}, {self.heldout})"
+            )
         if min(self.heldout_every, self.log_every, self.checkpoint_every) < 1:
             raise BafError("--heldout-every, --log-every and --checkpoint-every must be >= 1")
         if not self.name or "." in self.name or "/" in self.name:
@@ -285,7 +290,8 @@ def save_training(
         "loss_curve": state.curve,
         "heldout_curve": state.heldout,
     }
-    extra = {"train": train, "optimizer": {"file": opt_path.name, "sha256": sha256_file(opt_path), "param_groups": groups}}
+    optimizer = {"file": opt_path.name, "sha256": sha256_file(opt_path), "param_groups": groups}
+    extra = {"train": train, "optimizer": optimizer}
     weights = save_predictor(predictor, stem, extra)
     if cfg.publish_dir is not None:
         cfg.publish_dir.mkdir(parents=True, exist_ok=True)
@@ -392,7 +398,10 @@ def fit(
     n_total = cache.z.shape[0]
     n_train = n_total - cfg.heldout
     if n_train < cfg.batch_size * d.world:
-        raise BafError(f"cache has {n_total} images: too few for --heldout {cfg.heldout} and a batch of {cfg.batch_size} x {d.world}")
+        raise BafError(
+            f"cache has {n_total} images: too few for --heldout {cfg.heldout} "
+            f"and a batch of {cfg.batch_size} x {d.world}"
+        )
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     stem = cfg.out_dir / cfg.name
     torch.manual_seed(cfg.seed)
@@ -451,7 +460,9 @@ def fit(
                     loss = loss_on(model, predictor.config, order, z, channels, bits)
                 value = float(loss.detach())
                 if not math.isfinite(value):
-                    raise TrainingDivergedError(f"loss={value} at step {state.step} (C={channels}, n={bits}); lower --lr")
+                    raise TrainingDivergedError(
+                        f"loss={value} at step {state.step} (C={channels}, n={bits}); lower --lr"
+                    )
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * min(1.0, (state.step + 1) / max(cfg.warmup, 1))
                 opt.zero_grad(set_to_none=True)
@@ -485,7 +496,9 @@ def fit(
     return state
 
 
-def _ls_batches(cache: FeatureCache, n_train: int, images: int = 400, batch: int = 16) -> Iterator[tuple[Tensor, Tensor]]:
+def _ls_batches(
+    cache: FeatureCache, n_train: int, images: int = 400, batch: int = 16
+) -> Iterator[tuple[Tensor, Tensor]]:
     """(Z, X) float32 batches of up to `images` training images, spread evenly over the training set."""
     picks = np.linspace(0, n_train - 1, num=min(images, n_train)).round().astype(int)
     picks = np.unique(picks)

@@ -60,10 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="darknet .weights file (env BAF_WEIGHTS; default: the model's own)",
     )
     p.add_argument("--limit", type=_positive_int, help="evaluate only the first N images (by image id)")
-    p.add_argument("--predictor", type=Path,
-                   help="BaF checkpoint (.json or .safetensors): send only --channels ranked channels at --bits, restore the rest")
+    p.add_argument("--predictor", type=Path, help="BaF checkpoint (.json or .safetensors): send only --channels "
+                   "ranked channels at --bits, restore the rest")
     p.add_argument("--channels", type=_positive_int, default=64, help="C, with --predictor (default: %(default)s)")
     p.add_argument("--bits", type=_positive_int, default=8, help="n, with --predictor (default: %(default)s)")
+    p.add_argument("--record", action="store_true",
+                   help="with --predictor: store AP and AP50 in the checkpoint's sidecar")
     p.set_defaults(run=run)
 
 
@@ -92,10 +94,11 @@ def run(args: argparse.Namespace) -> int:
     cut = None if args.mode == "baseline" and args.predictor is None else split(model, layer)
     transform, mode = None, None
     if args.predictor is not None:
-        from baf.predictor import load_predictor, z_transform
+        from baf.predictor import load_predictor, record_eval, z_transform
         from baf.ranking import load_ranking
 
-        predictor = load_predictor(args.predictor, model=spec.name, layer=layer, ranking_id=load_ranking(spec.name, layer).id)
+        ranking_id = load_ranking(spec.name, layer).id
+        predictor = load_predictor(args.predictor, model=spec.name, layer=layer, ranking_id=ranking_id)
         try:
             transform = z_transform(predictor, args.channels, args.bits)
         except ValueError as e:
@@ -116,4 +119,8 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
     if args.json:
         write_json(result, args.json)
+    if args.record and args.predictor is not None:
+        entry = {"dataset": args.data.name, "images": result.images, "channels": args.channels, "bits": args.bits,
+                 "size": settings.size, "AP": round(result.ap, 4), "AP50": round(result.ap50, 4)}
+        record_eval(args.predictor, str(predictor.source_sha256), entry)
     return 0

@@ -48,8 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ranking", type=Path, help="ranking file (default: the packaged one for the model and layer)")
     p.add_argument("--channels", type=_int_list, default=(8, 16, 32, 64, 128),
                    help="C values served, e.g. 8,16,32,64,128 (default) or 64")
-    p.add_argument("--bits", type=_int_list, default=tuple(range(2, 9)), help="n values served, e.g. 2-8 (default) or 8")
-    p.add_argument("--hidden", type=_positive_int, default=64, help="hidden channels of the network (default: %(default)s)")
+    p.add_argument("--bits", type=_int_list, default=tuple(range(2, 9)),
+                   help="n values served, e.g. 2-8 (default) or 8")
+    p.add_argument("--hidden", type=_positive_int, default=64,
+                   help="hidden channels of the network (default: %(default)s)")
     p.add_argument("--no-linear-skip", dest="linear_skip", action="store_false",
                    help="plain BaF from random init, without the least-squares linear path")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="per process (default: %(default)s)")
@@ -60,13 +62,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=_positive_int, help="stop at this total step count")
     p.add_argument("--max-minutes", type=float, help="stop after this many minutes (this invocation)")
     p.add_argument("--heldout", type=int, default=100, help="last N cached images held out (default: %(default)s)")
-    p.add_argument("--heldout-every", type=_positive_int, default=500, help="steps between held-out losses (default: %(default)s)")
-    p.add_argument("--log-every", type=_positive_int, default=50, help="steps between loss lines (default: %(default)s)")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=500, help="steps between checkpoints (default: %(default)s)")
-    p.add_argument("--out-dir", type=Path, default=Path("runs/train"), help="run folder: checkpoints with optimizer state")
+    p.add_argument("--heldout-every", type=_positive_int, default=500,
+                   help="steps between held-out losses (default: %(default)s)")
+    p.add_argument("--log-every", type=_positive_int, default=50,
+                   help="steps between loss lines (default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=500,
+                   help="steps between checkpoints (default: %(default)s)")
+    p.add_argument("--out-dir", type=Path, default=Path("runs/train"),
+                   help="run folder: checkpoints with optimizer state (default: %(default)s)")
     p.add_argument("--name", help="checkpoint name (default: MODEL_lLAYER_cC..._nN..._hHIDDEN)")
-    p.add_argument("--publish", type=Path, help="also write weights + sidecar here at each checkpoint, e.g. baf/checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint (weights, optimizer, step)")
+    p.add_argument("--publish", type=Path,
+                   help="also write weights + sidecar here at each checkpoint, e.g. baf/checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run's checkpoint (weights, optimizer, step)")
     p.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if available")
     p.add_argument("--weights", type=Path, default=os.environ.get("BAF_WEIGHTS"),
@@ -87,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from baf.errors import BafError
     from baf.models.zoo import get_spec, load_split
     from baf.predictor import BafPredictor
-    from baf.ranking import load_ranking, read_ranking
+    from baf.ranking import find_ranking
     from baf.train import Distributed, FeatureCache, TrainConfig, build_cache, fit
 
     torch.set_num_threads(args.threads)
@@ -109,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if (cache.meta["model"], cache.meta["layer"], cache.meta["size"]) != (spec.name, layer, args.size):
         raise BafError(f"{cache_dir} caches {cache.meta['model']} layer {cache.meta['layer']} at {cache.meta['size']}")
-    ranking = read_ranking(args.ranking) if args.ranking else load_ranking(spec.name, layer)
+    ranking = find_ranking(spec.name, layer, args.ranking)
     try:
         predictor = BafPredictor.from_split(split, ranking, channels=args.channels, bits=args.bits,
                                             hidden=args.hidden, linear_skip=args.linear_skip)

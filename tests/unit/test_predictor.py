@@ -9,10 +9,20 @@ from torch import nn
 
 from baf import ops
 from baf.errors import CheckpointError
-from baf.predictor import BafPredictor, PredictorConfig, fit_linear_skip, load_predictor, save_predictor
+from baf.predictor import (
+    BafPredictor,
+    PredictorConfig,
+    fit_linear_skip,
+    load_predictor,
+    record_eval,
+    save_predictor,
+    z_transform,
+)
 
 
-def make(stride: int = 1, channels=(2, 4), bits=(2, 8), linear_skip: bool = True, seed: int = 0) -> tuple[BafPredictor, nn.BatchNorm2d]:
+def make(
+    stride: int = 1, channels=(2, 4), bits=(2, 8), linear_skip: bool = True, seed: int = 0
+) -> tuple[BafPredictor, nn.BatchNorm2d]:
     """A predictor for a random conv (Q=4 -> P=8, 3x3, `stride`) + BN, ranked in reverse channel order."""
     torch.manual_seed(seed)
     conv = nn.Conv2d(4, 8, 3, stride, 1, bias=False)
@@ -143,3 +153,30 @@ def test_checkpoint_with_wrong_tensors_rejected(tmp_path):
     side.write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="do not fit"):
         load_predictor(side)
+
+
+def test_record_eval_only_for_the_scored_weights(tmp_path):
+    predictor, _ = make()
+    save_predictor(predictor, tmp_path / "toy")
+    loaded = load_predictor(tmp_path / "toy.json")
+    entry = {"dataset": "val", "channels": 4, "bits": 8, "AP50": 0.5}
+    record_eval(tmp_path / "toy.json", str(loaded.source_sha256), entry)
+    record_eval(tmp_path / "toy.json", str(loaded.source_sha256), {**entry, "AP50": 0.6})
+    assert json.loads((tmp_path / "toy.json").read_text())["eval"] == [{**entry, "AP50": 0.6}]
+    load_predictor(tmp_path / "toy.json")  # the sidecar stays valid
+    with torch.no_grad():
+        predictor.net[0].bias.add_(1)
+    save_predictor(predictor, tmp_path / "toy")  # weights replaced after scoring
+    with pytest.raises(CheckpointError, match="changed"):
+        record_eval(tmp_path / "toy.json", str(loaded.source_sha256), entry)
+
+
+def test_z_transform_keeps_shape_and_uses_ranked_channels():
+    predictor, _ = make(bits=(8,))
+    z = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        out = z_transform(predictor, 4, 8)(z)
+    assert out.shape == z.shape
+    sent = predictor.order[:4]
+    step = (z[:, sent].amax((2, 3)) - z[:, sent].amin((2, 3))) / 255
+    assert bool(((out[:, sent] - z[:, sent]).abs() <= step[..., None, None] * 0.5 + 1e-2).all())

@@ -18,7 +18,9 @@ from baf.ranking import (
 )
 
 
-def synthetic(n: int = 6, noise: tuple[float, ...] = (0.0, 0.3, 3.0, 1.0), seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic(
+    n: int = 6, noise: tuple[float, ...] = (0.0, 0.3, 3.0, 1.0), seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """X [n,4,8,8]; Z channel p = scaled sum of all X channels plus noise of std noise[p]: less noise ranks higher."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 4, 8, 8, generator=g, dtype=torch.float64)

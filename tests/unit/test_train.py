@@ -41,7 +41,8 @@ def toy_cache(root: Path, n: int = 24, seed: int = 0) -> FeatureCache:
     np.save(root / "z.npy", z.numpy().astype(np.float16))
     np.save(root / "x.npy", x.numpy().astype(np.float16))
     names = [f"{i:03d}.jpg" for i in range(n)]
-    meta = {"format": CACHE_FORMAT, "model": "toy", "layer": 3, "size": 6, "data_id": data_id("toy", 3, 6, names), "names": names}
+    meta = {"format": CACHE_FORMAT, "model": "toy", "layer": 3, "size": 6,
+            "data_id": data_id("toy", 3, 6, names), "names": names}  # fmt: skip
     (root / "meta.json").write_text(json.dumps(meta))
     return FeatureCache.open(root)
 
