@@ -69,6 +69,7 @@ class Source:
     files: tuple[Path, ...] = ()
     width: int = 0  # video only: frame size from ffprobe
     height: int = 0
+    fps: float | None = None  # video only: the stream's average frame rate, when ffprobe knows it
     input_format: str | None = None  # video only: ffmpeg -f before -i, e.g. v4l2
     max_frames: int | None = None
 
@@ -120,13 +121,23 @@ class Source:
                 raise SourceError(f"{self.location}: no video frames decoded")
 
 
-def _probe(location: str, input_format: str | None) -> tuple[int, int]:
-    """(width, height) of the first video stream, from ffprobe; SourceError if there is none."""
+def _frame_rate(text: object) -> float | None:
+    """ffprobe's "num/den" rate as frames per second; None for "0/0" or anything unreadable."""
+    num, _, den = str(text).partition("/")
+    try:
+        fps = float(num) / float(den or 1)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return fps if fps > 0 else None
+
+
+def _probe(location: str, input_format: str | None) -> tuple[int, int, float | None]:
+    """(width, height, frames per second or None) of the first video stream, from ffprobe; SourceError if none."""
     try:
         ffmpeg = ffmpeg_path()
     except CodecUnavailableError as e:
         raise SourceError(str(e)) from None
-    args = [_ffprobe(ffmpeg), "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height",
+    args = [_ffprobe(ffmpeg), "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height,avg_frame_rate",
             "-of", "json"]
     args += ["-f", input_format] if input_format else []
     try:
@@ -144,7 +155,7 @@ def _probe(location: str, input_format: str | None) -> tuple[int, int]:
         raise SourceError(f"{location}: no video stream found") from None
     if width < 1 or height < 1:
         raise SourceError(f"{location}: video stream has size {width}x{height}")
-    return width, height
+    return width, height, _frame_rate(stream.get("avg_frame_rate"))
 
 
 def open_source(location: str | os.PathLike[str], *, max_frames: int | None = None) -> Source:
@@ -167,6 +178,7 @@ def open_source(location: str | os.PathLike[str], *, max_frames: int | None = No
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return Source(text, "image", (path,), max_frames=max_frames)
     input_format = "v4l2" if is_camera else None
-    width, height = _probe(text, input_format)
-    log.debug("source=%s video=%dx%d", text, width, height)
-    return Source(text, "video", width=width, height=height, input_format=input_format, max_frames=max_frames)
+    width, height, fps = _probe(text, input_format)
+    log.debug("source=%s video=%dx%d fps=%s", text, width, height, fps)
+    return Source(text, "video", width=width, height=height, fps=fps, input_format=input_format,
+                  max_frames=max_frames)

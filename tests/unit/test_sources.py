@@ -36,7 +36,7 @@ def test_video_frames_come_from_one_ffmpeg(tmp_path):
     if not VTEST.is_file():
         pytest.skip("opencv-doc's vtest.avi is not installed")
     source = open_source(VTEST, max_frames=3)
-    assert (source.kind, source.width, source.height) == ("video", 768, 576)
+    assert (source.kind, source.width, source.height, source.fps) == ("video", 768, 576, 10.0)
     frames = list(source.frames())
     assert [f.name for f in frames] == ["frame_000000", "frame_000001", "frame_000002"]
     assert all(f.image.shape == (576, 768, 3) and f.image.dtype == np.uint8 for f in frames)
