@@ -55,3 +55,11 @@ class SourceError(BafError):
 
 class HeaderMismatchError(BafError):
     """A bitstream was made for another model, split layer, P, feature size or ranking than the decoder's."""
+
+
+class ConfigError(BafError):
+    """An application setting (command-line flag or BAF_* environment variable) is invalid; names both."""
+
+
+class ServerError(BafError):
+    """Client side: the server refused a call or could not be reached (wraps grpc.RpcError: code and details)."""
