@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -249,7 +249,7 @@ class BafPredictor(nn.Module):
 
 
 @torch.no_grad()
-def fit_linear_skip(predictor: BafPredictor, pairs: Sequence[tuple[Tensor, Tensor]], ridge: float = 1e-4) -> None:
+def fit_linear_skip(predictor: BafPredictor, pairs: Iterable[tuple[Tensor, Tensor]], ridge: float = 1e-4) -> None:
     """Set the linear path to the least-squares 3x3 map from the first C ranked channels to X, for every C.
 
     `pairs` yields (Z [B,P,h,w], X [B,Q,H,W]) batches of training features. Normal equations are
