@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +35,22 @@ from baf.models.split import Split
 from baf.ranking import Ranking, find_ranking
 
 log = logging.getLogger(__name__)
+
+StageTimer = Callable[[str, float], None]
+"""Called with (stage, seconds) after each stage a call ran: decode, dequantize, predict, backend, nms."""
+
+
+@contextmanager
+def _stage(timer: StageTimer | None, name: str, device: torch.device | None = None) -> Iterator[None]:
+    """Time the block for `timer` (nothing when None); a stage that raised is not reported."""
+    if timer is None:
+        yield
+        return
+    start = time.perf_counter()
+    yield
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)  # GPU work is asynchronous: charge it to the stage that queued it
+    timer(name, time.perf_counter() - start)
 
 
 class Restorer(Protocol):
@@ -113,14 +131,16 @@ class FrameDecoder:
             self._hevc = HevcStreamDecoder(bits=header.bits, lossless=header.lossless)
         return self._hevc
 
-    def decode(self, data: bytes) -> DecodedFrame:
+    def decode(self, data: bytes, timer: StageTimer | None = None) -> DecodedFrame:
         """Parse, check and decode one bitstream (BitstreamError, CodecError or HeaderMismatchError if it fails)."""
-        frame = bitstream.parse(data)
-        h = frame.header
-        if self.pipeline is not None:
-            self.pipeline.check_header(h)
-        q = bitstream.decode_frame(frame, self._codec(h))
-        z = ops.dequantize(q, frame.lo, frame.hi, h.bits)
+        with _stage(timer, "decode"):
+            frame = bitstream.parse(data)
+            h = frame.header
+            if self.pipeline is not None:
+                self.pipeline.check_header(h)
+            q = bitstream.decode_frame(frame, self._codec(h))
+        with _stage(timer, "dequantize"):
+            z = ops.dequantize(q, frame.lo, frame.hi, h.bits)
         return DecodedFrame(h, q, frame.lo, frame.hi, z, len(data))
 
     def close(self) -> None:
@@ -238,8 +258,11 @@ class CloudPipeline:
             raise RuntimeError(f"restorer {self.restoration} gave shape {tuple(z.shape)}, expected {expected}")
         return z.float()
 
-    def detect(self, frames: Sequence[DecodedFrame]) -> list[Detections]:
-        """Detections per frame, in source-frame pixels; frames of one C, n and size run as one batch."""
+    def detect(self, frames: Sequence[DecodedFrame], timer: StageTimer | None = None) -> list[Detections]:
+        """Detections per frame, in source-frame pixels; frames of one C, n and size run as one batch.
+
+        `timer` gets the predict, backend and nms time of each such batch.
+        """
         groups: dict[tuple[int, int, int, int], list[int]] = {}
         for i, f in enumerate(frames):
             groups.setdefault((f.header.channels, f.header.bits, f.header.height, f.header.width), []).append(i)
@@ -249,13 +272,17 @@ class CloudPipeline:
             batch = [frames[i] for i in indices]
             boxes = [self.letterbox(f.header) for f in batch]
             size = self.input_size(batch[0].header)
-            z = self.restore(batch)
+            device = self.split.conv.weight.device
+            with _stage(timer, "predict", device):
+                z = self.restore(batch)
             with torch.inference_mode():
-                outputs = self.split.cloud(z)
-                found = detect(outputs, self.split.model.heads, size, s.conf_threshold, s.iou_threshold,
-                               s.max_detections)
-            for i, d, box in zip(indices, found, boxes, strict=True):
-                results[i] = d.to_source(box)
+                with _stage(timer, "backend", device):
+                    outputs = self.split.cloud(z)
+                with _stage(timer, "nms", device):
+                    found = detect(outputs, self.split.model.heads, size, s.conf_threshold, s.iou_threshold,
+                                   s.max_detections)
+                    for i, d, box in zip(indices, found, boxes, strict=True):
+                        results[i] = d.to_source(box)
         return [d for d in results if d is not None]
 
 

@@ -63,3 +63,19 @@ class ConfigError(BafError):
 
 class ServerError(BafError):
     """Client side: the server refused a call or could not be reached (wraps grpc.RpcError: code and details)."""
+
+
+class FrameTooLargeError(BafError):
+    """A frame's bitstream exceeds the server's --max-frame-bytes."""
+
+
+class SequenceError(BafError):
+    """A stream frame's sequence number is not greater than the previous frame's."""
+
+
+class OverloadedError(BafError):
+    """The server's frame queue is full, so a frame was dropped unprocessed."""
+
+
+class FrameDeadlineError(BafError):
+    """A frame could not be finished before its call's deadline."""

