@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 SYSDEPS := ffmpeg opencv-doc
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install sysdeps test bench clean
+.PHONY: install sysdeps test bench demo clean
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/kernels.py
+
+# A server process, vtest.avi streamed through it, a summary; writes runs/demo/ (JSON lines, annotated video).
+demo: $(STAMP)
+	$(BIN)/python -m client.demo --frames 100 --out-dir runs/demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info baf/_native*.so

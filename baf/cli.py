@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Callable
 
 from baf import __version__
 from baf.errors import BafError
@@ -54,8 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    return guarded(args.run, args)
+
+
+def guarded(run: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """`run(args)`'s exit code, with what it raises turned into one (the table in the module docstring).
+
+    Also used by scripts with a parser of their own (`python -m client.demo`).
+    """
     try:
-        return int(args.run(args) or 0)
+        return int(run(args) or 0)
     except BafError as e:
         log.error("error: %s", e)
         log.debug("details", exc_info=True)

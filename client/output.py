@@ -22,8 +22,10 @@ from baf.errors import BafError
 log = logging.getLogger(__name__)
 
 # One colour per class index (cycled), readable on video.
-_PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255))  # fmt: skip
+_PALETTE = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+)  # fmt: skip
 FFMPEG_CLOSE_TIMEOUT_S = 60.0
 
 
@@ -116,9 +118,10 @@ def draw_detections(image: np.ndarray, detections: tuple[Detection, ...]) -> np.
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=width)
         label = f"{d.class_name or d.class_index} {d.score:.2f}"
         left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        x = max(0.0, min(x1, image.shape[1] - (right - left) - 4))  # keep the label inside the frame
         y = max(0.0, y1 - (bottom - top) - 4)
-        draw.rectangle((x1, y, x1 + right - left + 4, y + bottom - top + 4), fill=colour)
-        draw.text((x1 + 2, y + 2 - top), label, fill=(0, 0, 0), font=font)
+        draw.rectangle((x, y, x + right - left + 4, y + bottom - top + 4), fill=colour)
+        draw.text((x + 2, y + 2 - top), label, fill=(0, 0, 0), font=font)
     return np.asarray(canvas)
 
 
@@ -180,7 +183,9 @@ class AnnotatedVideo:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
-            raise BafError(f"--annotate: ffmpeg did not finish {self.path} within {FFMPEG_CLOSE_TIMEOUT_S:g} s") from None
+            raise BafError(
+                f"--annotate: ffmpeg did not finish {self.path} within {FFMPEG_CLOSE_TIMEOUT_S:g} s"
+            ) from None
         finally:
             self._proc = None
         try:

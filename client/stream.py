@@ -475,8 +475,9 @@ async def stream_async(config: ClientConfig, *, progress: TextIO = sys.stderr) -
     stream_codec = config.codec == "hevc" and not config.intra and source.kind == "video"
     edge = await loop.run_in_executor(None, EdgeSide, config, chosen.ladder, stream_codec)
     if edge.base.ranking.id not in chosen.model.ranking_ids:
-        raise ServerError(f"{config.server} does not accept ranking {edge.base.ranking.id} "
-                          f"(it accepts {', '.join(chosen.model.ranking_ids)}); pass the server's with --ranking")  # fmt: skip
+        accepted = ", ".join(chosen.model.ranking_ids)
+        raise ServerError(f"{config.server} does not accept ranking {edge.base.ranking.id} (it accepts {accepted}); "
+                          "pass the server's with --ranking")  # fmt: skip
     log.info("streaming %s to %s: %s, %s", config.source, config.server, config.codec,
              f"target {config.target_kbps:g} kbps over {len(chosen.ladder)} rungs" if config.target_kbps else
              chosen.ladder[0])  # fmt: skip
