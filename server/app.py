@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # gRPC's own framing around the bitstream bytes; the transport refuses bigger messages before reading them.
 _MESSAGE_OVERHEAD = 1024
+# After our own calls have finished draining: how long other calls (health watches, reflection) may take.
+_STOP_GRACE_S = 1.0
 
 
 def resolve_device(name: str) -> Any:
@@ -133,7 +136,14 @@ class RunningServer:
         log.info("draining grace_s=%g", grace)
         await self.health.enter_graceful_shutdown()
         self.servicer.draining.set()
-        await self.server.stop(grace)
+        start = time.monotonic()
+        try:
+            # Our calls end by themselves once their frames are answered; others (health Watch) would hold
+            # server.stop for the whole grace period.
+            await asyncio.wait_for(self.servicer.wait_idle(), grace)
+        except asyncio.TimeoutError:  # TimeoutError itself only from 3.11
+            log.warning("drain timed out grace_s=%g; cancelling the calls still running", grace)
+        await self.server.stop(max(0.0, min(_STOP_GRACE_S, grace - (time.monotonic() - start))))
         await self.batcher.close()
         self.decode_pool.shutdown(wait=True)
         if self.metrics_http is not None:

@@ -120,7 +120,7 @@ class Batcher:
             if remaining <= 0:
                 break
             self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             if not self._queue:  # the waiting frames were dropped meanwhile
                 return []

@@ -9,9 +9,11 @@ one table to a `FrameErrorCode` (streams) or a gRPC status (unary calls).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -20,7 +22,7 @@ import torch
 
 from baf import __version__, bitstream
 from baf.bitstream import Header
-from baf.cloud import CloudPipeline, DecodedFrame, FrameDecoder
+from baf.cloud import CloudPipeline, DecodedFrame, FrameDecoder, StageTimer
 from baf.errors import (
     BafError, BitstreamError, CodecError, CodecUnavailableError, FrameDeadlineError, FrameTooLargeError,
     HeaderMismatchError, OverloadedError, SequenceError,
@@ -105,9 +107,27 @@ class DetectionServicer(pb_grpc.DetectionServiceServicer):
         self._pipeline, self._batcher, self._m, self._pool, self._served = pipeline, batcher, metrics, decode_pool, served
         self._max_frame_bytes, self._window = max_frame_bytes, stream_window
         self.draining = asyncio.Event()
+        self._calls = 0  # Stream and DetectFrame calls running
+        self._idle = asyncio.Event()
+        self._idle.set()
         spec = get_spec(pipeline.split.model.name)
         self._names, self._categories = spec.class_names, spec.category_ids
         self._capabilities = self._describe(max_batch, max_queue)
+
+    async def wait_idle(self) -> None:
+        """Return once no Stream or DetectFrame call is running."""
+        await self._idle.wait()
+
+    @contextlib.contextmanager
+    def _call(self) -> Iterator[None]:
+        self._calls += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._calls -= 1
+            if self._calls == 0:
+                self._idle.set()
 
     @property
     def device(self) -> torch.device:
@@ -137,6 +157,11 @@ class DetectionServicer(pb_grpc.DetectionServiceServicer):
     async def DetectFrame(self, request: pb.DetectFrameRequest,
                           context: grpc.aio.ServicerContext) -> pb.DetectFrameResponse:
         """One frame; failures end the call with a status naming the failed check."""
+        with self._call():
+            return await self._detect_frame(request, context)
+
+    async def _detect_frame(self, request: pb.DetectFrameRequest,
+                            context: grpc.aio.ServicerContext) -> pb.DetectFrameResponse:
         if self.draining.is_set():
             await context.abort(_S.UNAVAILABLE, "server is draining; retry on another instance")
         p = _Pending(0, time.perf_counter(), len(request.bitstream))
@@ -146,11 +171,11 @@ class DetectionServicer(pb_grpc.DetectionServiceServicer):
             if _parse_header(request.bitstream).inter:
                 raise HeaderMismatchError("inter-coded frames need the earlier frames of their stream: use Stream")
             loop = asyncio.get_running_loop()
-            decoder = self._pipeline.stream()
+            decoder = _Decoder(self._pipeline.stream())
             try:
                 frame = await loop.run_in_executor(self._pool, self._decode, decoder, request.bitstream, p.stages)
             finally:
-                decoder.close()
+                await loop.run_in_executor(self._pool, decoder.close)
             outcome = await self._batcher.submit(frame, _deadline(context))
         except Exception as e:
             code, status, message = classify(e)
@@ -162,28 +187,32 @@ class DetectionServicer(pb_grpc.DetectionServiceServicer):
     async def Stream(self, requests: AsyncIterator[pb.StreamRequest],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamResponse]:
         """Frames in, one answer per frame out, in order; see the proto for which faults end the call."""
-        self._m.active_streams.inc()
-        decoder = self._pipeline.stream()
-        pending: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=self._window)
-        reader = asyncio.create_task(self._read(requests, context, decoder, pending))
-        try:
-            while (p := await pending.get()) is not None:
-                yield await self._answer(p)
-            if await reader:  # stopped reading because the server drains
-                await context.abort(_S.UNAVAILABLE, "server is draining; reconnect to continue")
-        finally:
-            reader.cancel()
-            while not pending.empty():
-                left = pending.get_nowait()
-                if left is not None and left.future is not None:
-                    left.future.cancel()
-            await asyncio.get_running_loop().run_in_executor(self._pool, decoder.close)
-            self._m.active_streams.dec()
+        with self._call():
+            self._m.active_streams.inc()
+            decoder = _Decoder(self._pipeline.stream())
+            pending: asyncio.Queue[_Pending | None] = asyncio.Queue()
+            window = asyncio.Semaphore(self._window)  # frames read but not yet answered
+            reader = asyncio.create_task(self._read(requests, context, decoder, pending, window))
+            try:
+                while (p := await _next(pending, reader)) is not None:
+                    response = await self._answer(p)
+                    window.release()
+                    yield response
+                if await reader:  # stopped reading because the server drains
+                    await context.abort(_S.UNAVAILABLE, "server is draining; reconnect to continue")
+            finally:
+                reader.cancel()
+                while not pending.empty():
+                    left = pending.get_nowait()
+                    if left is not None and left.future is not None:
+                        left.future.cancel()
+                await asyncio.get_running_loop().run_in_executor(self._pool, decoder.close)
+                self._m.active_streams.dec()
 
     # ------------------------------------------------------------------ stream pieces
 
     async def _read(self, requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext,
-                    decoder: FrameDecoder, pending: asyncio.Queue[_Pending | None]) -> bool:
+                    decoder: _Decoder, pending: asyncio.Queue[_Pending | None], window: asyncio.Semaphore) -> bool:
         """Decode and submit frames until the client half-closes (False) or the server drains (True)."""
         loop = asyncio.get_running_loop()
         draining = asyncio.ensure_future(self.draining.wait())
@@ -191,6 +220,7 @@ class DetectionServicer(pb_grpc.DetectionServiceServicer):
         last: int | None = None
         try:
             while True:
+                await window.acquire()  # backpressure: the client's sends wait in gRPC flow control
                 incoming = asyncio.ensure_future(anext(iterator, None))
                 await asyncio.wait({incoming, draining}, return_when=asyncio.FIRST_COMPLETED)
                 if not incoming.done():
@@ -236,7 +266,7 @@ class DetectionServicer(pb_grpc.DetectionServiceServicer):
         if size > self._max_frame_bytes:
             raise FrameTooLargeError(f"bitstream of {size:,} bytes exceeds the server's {self._max_frame_bytes:,}")
 
-    def _decode(self, decoder: FrameDecoder, data: bytes, stages: dict[str, float]) -> DecodedFrame:
+    def _decode(self, decoder: _Decoder, data: bytes, stages: dict[str, float]) -> DecodedFrame:
         """On the decode pool: parse, check, decode, dequantize; then refuse what the model side cannot serve."""
 
         def timer(stage: str, seconds: float) -> None:
@@ -275,6 +305,34 @@ class DetectionServicer(pb_grpc.DetectionServiceServicer):
             **{f"{stage}_ms": stages.get(stage, 0.0) * 1e3 for stage in ("decode", "dequantize", "predict", "backend", "nms")},
         )  # fmt: skip
         return pb.FrameResult(detections=detections, bytes_received=p.size, timings=timings)
+
+
+class _Decoder:
+    """A stream's FrameDecoder used from pool threads: a decode still running when its call is cancelled
+    finishes before `close` ends the decoder (hevc keeps an ffmpeg process per stream)."""
+
+    def __init__(self, decoder: FrameDecoder) -> None:
+        self._decoder = decoder
+        self._lock = threading.Lock()
+
+    def decode(self, data: bytes, timer: StageTimer) -> DecodedFrame:
+        with self._lock:
+            return self._decoder.decode(data, timer)
+
+    def close(self) -> None:
+        with self._lock:
+            self._decoder.close()
+
+
+async def _next(pending: asyncio.Queue[_Pending | None], reader: asyncio.Task[bool]) -> _Pending | None:
+    """The next frame to answer; if the reader failed instead, its error."""
+    getter = asyncio.ensure_future(pending.get())
+    await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+    if getter.done():
+        return getter.result()
+    getter.cancel()
+    reader.result()  # raises what ended the reader; a reader that returned has queued its None
+    return await pending.get()
 
 
 def _parse_header(data: bytes) -> Header:

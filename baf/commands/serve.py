@@ -26,8 +26,11 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import os
 
-    from server.app import serve
     from server.config import from_args
 
-    asyncio.run(serve(from_args(args, os.environ)))
+    config = from_args(args, os.environ)  # bad settings fail before the heavy imports
+
+    from server.app import serve
+
+    asyncio.run(serve(config))
     return 0

@@ -121,3 +121,10 @@ def test_oversized_frame_is_refused(stub, frames):
     with pytest.raises(grpc.RpcError) as refused:
         stub.DetectFrame(pb.DetectFrameRequest(bitstream=big), timeout=60)
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_deadline_is_honoured_and_the_server_goes_on(stub, frames):
+    with pytest.raises(grpc.RpcError) as late:
+        stub.DetectFrame(pb.DetectFrameRequest(bitstream=frames[0]), timeout=0.001)
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert stub.DetectFrame(pb.DetectFrameRequest(bitstream=frames[0]), timeout=60).result.detections
