@@ -52,12 +52,15 @@ def _health(port: int) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
-def start_server(out_dir: Path, timeout_s: float) -> tuple[subprocess.Popen[bytes], int]:
-    """A server process on a free loopback port, once its health check says SERVING; (process, port)."""
+def start_server(out_dir: Path, timeout_s: float, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A server process (with `extra` flags) on a free loopback port, once its health check says SERVING.
+
+    Returns (process, port); its output goes to OUT/server.log.
+    """
     port_file, log_file = out_dir / "server.port", out_dir / "server.log"
     port_file.unlink(missing_ok=True)
     args = [sys.executable, "-m", "server", "--listen", "127.0.0.1:0", "--port-file", str(port_file),
-            "--metrics-port", "0"]  # fmt: skip
+            "--metrics-port", "0", *extra]  # fmt: skip
     with log_file.open("wb") as server_log:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=server_log, stderr=subprocess.STDOUT)
     log.info("server starting: %s (log: %s)", " ".join(args[1:]), log_file)
