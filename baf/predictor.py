@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from baf.digest import sha256_file
 from baf.errors import CheckpointError
 from baf.ops import clamp_to_bins_torch, dequantize_torch
 
@@ -285,14 +286,6 @@ def fit_linear_skip(predictor: BafPredictor, pairs: Iterable[tuple[Tensor, Tenso
         predictor.skip_bias[k] = sol[-1].to(predictor.skip_bias.dtype)
     log.info("linear path fitted by least squares: channels=%s ridge=%g", list(c.channels), ridge)
 
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_predictor(predictor: BafPredictor, stem: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:

@@ -30,7 +30,8 @@ from torch import Tensor
 
 from baf.errors import BafError, CheckpointError, TrainingDivergedError
 from baf.ops import dequantize_torch, quantize_torch
-from baf.predictor import BafPredictor, fit_linear_skip, read_sidecar, save_predictor, sha256_file
+from baf.digest import sha256_file
+from baf.predictor import BafPredictor, fit_linear_skip, read_sidecar, save_predictor
 
 log = logging.getLogger(__name__)
 

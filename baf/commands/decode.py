@@ -12,12 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-
-def _unit_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
+from baf.argtypes import unit_float
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tensor", type=Path, help="write the dequantized transmitted channels here (.npy)")
     p.add_argument("--detections", type=Path, help="write detections here (JSON)")
     p.add_argument("--ranking", type=Path, help="ranking file (default: the one packaged with the model)")
-    p.add_argument("--conf-thres", type=_unit_float, default=0.25, help="default: %(default)s")
-    p.add_argument("--nms-iou", type=_unit_float, default=0.45, help="default: %(default)s")
+    p.add_argument("--conf-thres", type=unit_float, default=0.25, help="default: %(default)s")
+    p.add_argument("--nms-iou", type=unit_float, default=0.45, help="default: %(default)s")
     p.add_argument("--weights", type=Path, default=os.environ.get("BAF_WEIGHTS"),
                    help="darknet .weights file (env BAF_WEIGHTS; default: the model's own)")
     p.set_defaults(run=run)

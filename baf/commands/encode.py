@@ -11,12 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+from baf.argtypes import positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,14 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="yolov3-tiny", help="yolov3-tiny (default) or yolov3")
     p.add_argument("--layer", type=int, help="split layer (default: the model's)")
     p.add_argument("--ranking", type=Path, help="ranking file (default: the one packaged with the model)")
-    p.add_argument("--channels", type=_positive_int, default=64, help="C, channels sent (default: %(default)s)")
-    p.add_argument("--bits", type=_positive_int, default=8, help="n, bits per element (default: %(default)s)")
+    p.add_argument("--channels", type=positive_int, default=64, help="C, channels sent (default: %(default)s)")
+    p.add_argument("--bits", type=positive_int, default=8, help="n, bits per element (default: %(default)s)")
     p.add_argument("--codec", default="jxl", help="jxl (default), hevc, png or raw")
     p.add_argument("--effort", type=int, help="jxl effort 1..9 (default: 7)")
     p.add_argument("--qp", type=int, help="hevc QP 0..51 (default: lossless)")
     p.add_argument("--intra", action="store_true", help="hevc on a video: code every frame on its own")
-    p.add_argument("--frames", type=_positive_int, help="encode at most this many frames")
-    p.add_argument("--size", type=_positive_int, default=512, help="model input size (default: %(default)s)")
+    p.add_argument("--frames", type=positive_int, help="encode at most this many frames")
+    p.add_argument("--size", type=positive_int, default=512, help="model input size (default: %(default)s)")
     p.add_argument("--weights", type=Path, default=os.environ.get("BAF_WEIGHTS"),
                    help="darknet .weights file (env BAF_WEIGHTS; default: the model's own)")
     p.set_defaults(run=run)

@@ -8,14 +8,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from baf.argtypes import positive_int
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", type=int, help="split layer (default: the model's)")
     p.add_argument("--images", type=Path, required=True, help="folder of training images (never the evaluation set)")
     p.add_argument("-o", "--output", type=Path, required=True, help="ranking file to write (JSON)")
-    p.add_argument("--limit", type=_positive_int, help="use only the first N images by file name")
-    p.add_argument("--size", type=_positive_int, default=512, help="input size (default: %(default)s)")
+    p.add_argument("--limit", type=positive_int, help="use only the first N images by file name")
+    p.add_argument("--size", type=positive_int, default=512, help="input size (default: %(default)s)")
     p.add_argument("--weights", type=Path, default=os.environ.get("BAF_WEIGHTS"),
                    help="darknet .weights file (env BAF_WEIGHTS; default: the model's own)")
     p.set_defaults(run=run)

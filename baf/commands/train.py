@@ -13,12 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+from baf.argtypes import positive_int
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -42,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="yolov3-tiny", help="yolov3-tiny (default) or yolov3")
     p.add_argument("--layer", type=int, help="split layer (default: the model's)")
     p.add_argument("--images", type=Path, required=True, help="folder of training images (never the evaluation set)")
-    p.add_argument("--size", type=_positive_int, default=512, help="input size (default: %(default)s)")
+    p.add_argument("--size", type=positive_int, default=512, help="input size (default: %(default)s)")
     p.add_argument("--cache", type=Path, help="feature cache folder (default: cache/MODEL_lLAYER_sSIZE)")
     p.add_argument("--cache-only", action="store_true", help="fill the cache and stop")
     p.add_argument("--ranking", type=Path, help="ranking file (default: the packaged one for the model and layer)")
@@ -50,23 +45,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="C values served, e.g. 8,16,32,64,128 (default) or 64")
     p.add_argument("--bits", type=_int_list, default=tuple(range(2, 9)),
                    help="n values served, e.g. 2-8 (default) or 8")
-    p.add_argument("--hidden", type=_positive_int, default=64,
+    p.add_argument("--hidden", type=positive_int, default=64,
                    help="hidden channels of the network (default: %(default)s)")
     p.add_argument("--no-linear-skip", dest="linear_skip", action="store_false",
                    help="plain BaF from random init, without the least-squares linear path")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="per process (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="per process (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=500, help="steps of linear lr warm-up (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    p.add_argument("--max-steps", type=_positive_int, help="stop at this total step count")
+    p.add_argument("--max-steps", type=positive_int, help="stop at this total step count")
     p.add_argument("--max-minutes", type=float, help="stop after this many minutes (this invocation)")
     p.add_argument("--heldout", type=int, default=100, help="last N cached images held out (default: %(default)s)")
-    p.add_argument("--heldout-every", type=_positive_int, default=500,
+    p.add_argument("--heldout-every", type=positive_int, default=500,
                    help="steps between held-out losses (default: %(default)s)")
-    p.add_argument("--log-every", type=_positive_int, default=50,
+    p.add_argument("--log-every", type=positive_int, default=50,
                    help="steps between loss lines (default: %(default)s)")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=500,
+    p.add_argument("--checkpoint-every", type=positive_int, default=500,
                    help="steps between checkpoints (default: %(default)s)")
     p.add_argument("--out-dir", type=Path, default=Path("runs/train"),
                    help="run folder: checkpoints with optimizer state (default: %(default)s)")
@@ -75,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write weights + sidecar here at each checkpoint, e.g. baf/checkpoints")
     p.add_argument("--resume", action="store_true",
                    help="continue from the run's checkpoint (weights, optimizer, step)")
-    p.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if available")
     p.add_argument("--weights", type=Path, default=os.environ.get("BAF_WEIGHTS"),
                    help="darknet .weights file (env BAF_WEIGHTS; default: the model's own)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from baf.digest import sha256_file
 from baf.errors import ModelError, WeightsError
 from baf.models.darknet import Darknet, load_weights
 from baf.models.split import Split, split
@@ -102,14 +102,6 @@ def get_spec(name: str) -> ModelSpec:
         raise ModelError(f"unknown model {name!r}; choose from {', '.join(sorted(MODELS))}")
     return MODELS[name]
 
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_weights(spec: ModelSpec, weights: str | os.PathLike[str] | None = None) -> Path:
