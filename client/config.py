@@ -176,7 +176,8 @@ _FLAGS: tuple[tuple[str, object, str], ...] = (
     ("intra", _flag_bool, "hevc on a video: code every frame on its own (default: inter prediction)"),
     ("target_kbps", float, "adapt C, n (and the hevc QP) frame by frame toward this many kbit/s"),
     ("window", _positive_int, "frames in flight without a result, so the server can batch (default: %(default)s)"),
-    ("compare_jpeg", _flag_bool, "also size every frame as a JPEG (quality 90) for the summary"),
+    ("compare_jpeg", _flag_bool, "also size every frame as a JPEG for the summary (Pillow quality 90; JPEG "
+                                 "image files: their own size)"),
     ("tls_ca", Path, "PEM CA file: connect with TLS, trusting this CA"),
     ("tls_cert", Path, "PEM client certificate for mTLS (with --tls-key)"),
     ("tls_key", Path, "PEM client key for mTLS (with --tls-cert)"),

@@ -205,17 +205,19 @@ class ProgressLine:
         self._frames = 0
         self._bytes = 0
         self._rtt: list[float] = []
-        self._shown = False
+        self._latest: FrameOutcome | None = None
 
     def update(self, outcome: FrameOutcome) -> None:
         """Count the frame and redraw the line if 0.25 s have passed."""
         self._frames += 1
         self._bytes += outcome.bytes
         self._rtt = (self._rtt + [outcome.round_trip_ms])[-50:]
-        now = time.monotonic()
-        if not self.enabled or now - self._last < 0.25:
-            return
-        self._last = now
+        self._latest = outcome
+        if self.enabled and time.monotonic() - self._last >= 0.25:
+            self._draw(outcome)
+
+    def _draw(self, outcome: FrameOutcome) -> None:
+        now = self._last = time.monotonic()
         fps = self._frames / max(now - self._start, 1e-9)
         qp = f" qp={outcome.qp}" if outcome.qp is not None else ""
         self.stream.write(
@@ -223,11 +225,11 @@ class ProgressLine:
             f"rtt {statistics.median(self._rtt):.0f} ms  C={outcome.channels} n={outcome.bits}{qp}   "
         )
         self.stream.flush()
-        self._shown = True
 
     def close(self) -> None:
-        """End the line so later output starts on a fresh one."""
-        if self._shown:
+        """Show the final figures and end the line, so later output starts on a fresh one."""
+        if self.enabled and self._latest is not None:
+            self._draw(self._latest)
             self.stream.write("\n")
             self.stream.flush()
 
@@ -297,7 +299,7 @@ class Summary:
         size = f"mean {mean_kb:.1f} kB/frame"
         if self.jpeg_bytes:
             jpeg = statistics.fmean(self.jpeg_bytes)
-            size += f" vs {jpeg / 1000:.1f} kB as JPEG q90 ({1 - 1000 * mean_kb / jpeg:.1%} smaller)"
+            size += f" vs {jpeg / 1000:.1f} kB as JPEG ({1 - 1000 * mean_kb / jpeg:.1%} smaller)"
         out.append(size + f"; coded as {', '.join(f'{k} ({v})' for k, v in sorted(self.rungs.items()))}")
         out.append(f"round trip p50 {j['round_trip_ms_p50']:.0f} ms, p95 {j['round_trip_ms_p95']:.0f} ms")
         out += self.outputs

@@ -19,6 +19,7 @@ from client.output import Summary
 from client.stream import stream
 from server.config import ServerConfig
 from server.testing import background
+from test_server_security import pki  # noqa: F401  the test CA, server and client certificates
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 REPO = Path(__file__).resolve().parents[2]
@@ -147,3 +148,16 @@ def test_bad_address_and_refused_token_give_one_line_and_exit_2(server, tmp_path
     assert "--token-file / BAF_TOKEN" in line and "not-the-token" not in line
     malformed = _baf_stream("--server", "localhost")
     assert malformed.returncode == 2 and "expected HOST:PORT" in malformed.stderr
+
+
+def test_mtls_with_client_certificate(pki, tmp_path):
+    """--tls-ca with --tls-cert/--tls-key against a server that requires client certificates."""
+    (tmp_path / "client.pem").write_bytes(pki["client_pem"])
+    (tmp_path / "client.key").write_bytes(pki["client_key"])
+    server_config = ServerConfig(listen="127.0.0.1:0", metrics_port=None, device="cpu", tls_cert=pki["cert"],
+                                 tls_key=pki["key"], tls_client_ca=pki["ca"])  # fmt: skip
+    with background(server_config) as server:
+        summary = stream(ClientConfig(source=str(VTEST), server=f"localhost:{server.port}", frames=2,
+                                      tls_ca=pki["ca"], tls_cert=tmp_path / "client.pem",
+                                      tls_key=tmp_path / "client.key", progress=False))  # fmt: skip
+    assert summary.frames == 2 and summary.errors == 0
