@@ -1,6 +1,6 @@
 """The service's cost: frames/s and latency through gRPC on loopback vs the same frames in-process, batching on/off.
 
-    python bench/service.py [--frames 32] [--streams 1,4,16] [--batches 1,8] [--threads 1] [--json OUT]
+    python bench/service.py [--frames 32] [--repeats 3] [--streams 1,4,16] [--batches 1,8] [--threads 1] [--json OUT]
 
 The frames are vtest.avi encoded once up front (client defaults: jxl, C=64, n=4, intra, so every stream
 can send the same bitstreams); the edge half is not what this measures. Then, one after the other so
@@ -12,11 +12,13 @@ they never share the CPU:
   this process (grpc.aio), each keeping `--window` frames in flight; together they send --frames
   frames (at least 2 per stream). Latency is send to answer, so it includes waiting in the server's
   queue, which is what a client sees.
-Each server gets one unmeasured warm-up frame. fps is frames over the wall time of the whole run;
-p50/p95 are over all frames of the run. "vs in-process" divides gRPC fps by in-process fps at the same
-max batch. Both paths run torch with --threads intra-op threads (default 1: on a 2-core machine that
-is also training, two threads per process were 3-10x slower and erratic; 0 keeps torch's default).
-On a shared CPU the figures are noisy: repeat a run before trusting a small difference.
+Each server gets one unmeasured warm-up frame. fps is frames over the wall time of one run; p50/p95
+are over all frames of a run; each figure is the median over --repeats runs (fps, p50 and p95 each
+on its own). "vs in-process" divides gRPC fps by in-process fps at the same max batch. Both paths run
+torch with --threads intra-op threads (default 1: on a 2-core machine that is also training, two
+threads per process made the in-process path 3-10x slower and erratic; 0 keeps torch's default).
+On a shared CPU the figures are noisy, and a process with more runnable threads (the server: gRPC,
+decode pool, model thread) gets a larger share of a contended CPU than the one-thread in-process loop.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -59,6 +62,15 @@ class Row:
     p50_ms: float
     p95_ms: float
     mean_batch: float | None = None
+
+
+def median_row(runs: list[Row]) -> Row:
+    """One row of medians (fps, p50, p95, mean batch) over repeated runs of one configuration."""
+    first = runs[0]
+    batch = [r.mean_batch for r in runs if r.mean_batch is not None]
+    return Row(first.path, first.streams, first.max_batch, first.frames, statistics.median(r.fps for r in runs),
+               statistics.median(r.p50_ms for r in runs), statistics.median(r.p95_ms for r in runs),
+               statistics.median(batch) if batch else None)  # fmt: skip
 
 
 def encode_frames(source: Path, count: int) -> list[bytes]:
@@ -125,6 +137,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEMO_CLIP, help="clip to encode (default: vtest.avi)")
     parser.add_argument("--frames", type=int, default=32, help="frames per measured run (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure, median taken (default: %(default)s)")
     parser.add_argument("--streams", default="1,4,16", help="concurrent streams (default: %(default)s)")
     parser.add_argument("--batches", default="1,8", help="server max batch sizes (default: %(default)s)")
     parser.add_argument("--window", type=int, default=4, help="frames in flight per stream (default: %(default)s)")
@@ -140,12 +153,15 @@ def main() -> int:
     frames = encode_frames(args.source, min(args.frames, 64))
     print(f"{len(frames)} frames of {args.source.name} pre-encoded (jxl C=64 n=4, mean "
           f"{sum(map(len, frames)) / len(frames) / 1000:.1f} kB); torch {torch.get_num_threads()} threads; "
-          f"{args.frames} frames per run, window {args.window} per stream", flush=True)  # fmt: skip
+          f"{args.frames} frames per run, median of {args.repeats} runs, window {args.window} per stream",
+          flush=True)  # fmt: skip
     rows: list[Row] = []
     pipeline, _ = load_pipeline(ServerConfig(device="cpu"))
     for b in batches:
-        rows.append(in_process(pipeline, [frames[i % len(frames)] for i in range(args.frames)], b))
-        print(f"  in-process max batch {b}: {rows[-1].fps:.2f} fps", flush=True)
+        runs = [in_process(pipeline, [frames[i % len(frames)] for i in range(args.frames)], b)
+                for _ in range(args.repeats)]
+        rows.append(median_row(runs))
+        print(f"  in-process max batch {b}: {', '.join(f'{r.fps:.2f}' for r in runs)} fps", flush=True)
     del pipeline  # the server processes get the CPU and memory to themselves
     with tempfile.TemporaryDirectory(prefix="baf-bench-") as tmp:
         for b in batches:
@@ -153,9 +169,11 @@ def main() -> int:
             try:
                 asyncio.run(through_grpc(port, frames, 1, 1, 1))  # warm-up
                 for s in streams:
-                    row = asyncio.run(through_grpc(port, frames, s, args.frames, args.window))
-                    rows.append(Row(**{**asdict(row), "max_batch": b}))
-                    print(f"  grpc max batch {b}, {s} streams: {row.fps:.2f} fps", flush=True)
+                    runs = [asyncio.run(through_grpc(port, frames, s, args.frames, args.window))
+                            for _ in range(args.repeats)]
+                    rows.append(Row(**{**asdict(median_row(runs)), "max_batch": b}))
+                    print(f"  grpc max batch {b}, {s} streams: {', '.join(f'{r.fps:.2f}' for r in runs)} fps",
+                          flush=True)
             finally:
                 stop_server(proc)
 
