@@ -45,7 +45,9 @@ class FrameOutcome:
     """One frame's answer, as the client records it.
 
     `bytes` is the bitstream the server answered (after a reconnect, the one resent); `error` is
-    (code, message) when the frame has no result; `image` is kept only when something draws on it.
+    (code, message) when the frame has no result: the proto's FrameErrorCode name without its prefix
+    (e.g. DROPPED), or ENCODE_FAILED / TOO_LARGE for a frame the client could not send. `image` is kept
+    only when something draws on it.
     """
 
     sequence: int

@@ -23,10 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Stream, then print the summary."""
+    """Stream, then print the summary (on stderr when the JSON lines go to stdout)."""
+    import sys
+
     from client.config import from_args
     from client.stream import stream
 
-    summary = stream(from_args(args))
-    print("\n".join(summary.lines()))
+    config = from_args(args)
+    summary = stream(config)
+    print("\n".join(summary.lines()), file=sys.stderr if str(config.output) == "-" else sys.stdout)
     return 0
