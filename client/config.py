@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from baf.argtypes import positive_int
 from baf.errors import ConfigError
 
 # C and n when neither the flags nor --target-kbps choose them: n=4 costs at most a point of AP50 at
@@ -141,13 +142,6 @@ class ClientConfig:
         return out[0], out[1], out[2]
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _flag_bool(text: str) -> bool:
     """Booleans as environment variables spell them."""
     if text.lower() in ("1", "true", "yes", "on"):
@@ -162,20 +156,20 @@ _FLAGS: tuple[tuple[str, object, str], ...] = (
     ("server", str, "HOST:PORT of the BaF server (required)"),
     ("output", Path, "write one JSON object per frame to this file ('-': stdout)"),
     ("annotate", Path, "write the source frames with boxes and labels to this video (H.264 .mp4)"),
-    ("frames", _positive_int, "stream at most this many frames"),
+    ("frames", positive_int, "stream at most this many frames"),
     ("model", str, "model the server runs (default: %(default)s)"),
     ("layer", int, "split layer (default: the model's)"),
     ("weights", Path, "darknet .weights file (default: the model's own)"),
     ("ranking", Path, "ranking file (default: the one packaged with the model)"),
-    ("size", _positive_int, "model input size (default: %(default)s)"),
-    ("channels", _positive_int, f"fix C, the channels sent (default: {DEFAULT_CHANNELS})"),
-    ("bits", _positive_int, f"fix n, bits per element (default: {DEFAULT_BITS})"),
+    ("size", positive_int, "model input size (default: %(default)s)"),
+    ("channels", positive_int, f"fix C, the channels sent (default: {DEFAULT_CHANNELS})"),
+    ("bits", positive_int, f"fix n, bits per element (default: {DEFAULT_BITS})"),
     ("codec", str, "payload codec: jxl (default), hevc, png or raw"),
     ("qp", int, "fix the hevc QP 0..51 (default: lossless)"),
     ("effort", int, "jxl effort 1..9 (default: the codec's)"),
     ("intra", _flag_bool, "hevc on a video: code every frame on its own (default: inter prediction)"),
     ("target_kbps", float, "adapt C, n (and the hevc QP) frame by frame toward this many kbit/s"),
-    ("window", _positive_int, "frames in flight without a result, so the server can batch (default: %(default)s)"),
+    ("window", positive_int, "frames in flight without a result, so the server can batch (default: %(default)s)"),
     ("compare_jpeg", _flag_bool, "also size every frame as a JPEG for the summary (Pillow quality 90; JPEG "
                                  "image files: their own size)"),
     ("tls_ca", Path, "PEM CA file: connect with TLS, trusting this CA"),
