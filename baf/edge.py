@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch import Tensor
 
 from baf import bitstream, codecs, ops
 from baf.codecs import Codec
@@ -116,7 +117,11 @@ class EdgeEncoder:
             got = f"{image.dtype} {list(image.shape)}" if isinstance(image, np.ndarray) else type(image).__name__
             raise BafError(f"frame must be RGB uint8 [H,W,3], got {got}")
         z, box = edge_image(self.split.edge, image, self.size)
-        return np.ascontiguousarray(z[0, self._order].float().cpu().numpy()), box
+        return self.select(z[0]), box
+
+    def select(self, z: Tensor) -> np.ndarray:
+        """The first C ranked channels [C,h,w] float32 (ranking order) of one image's edge output Z [P,h,w]."""
+        return np.ascontiguousarray(z[self._order].float().cpu().numpy())
 
     def encode_features(self, z: np.ndarray, box: Letterbox, sequence: int | None = None) -> bytes:
         """The bitstream of ranked features z [C,h,w] (from `features`) placed by `box`.

@@ -1,7 +1,8 @@
 """COCO evaluation of a detector, unsplit or split, with an optional transform of Z between the halves.
 
 The transform hook is where compressed paths plug in: anything that maps the edge output Z
-[B,P,h,w] to a (restored) Z of the same shape, e.g. quantize + codec + BaF prediction.
+[B,P,h,w] (and where each image sits in the model input) to a (restored) Z of the same shape, e.g.
+quantize + codec + BaF prediction (`baf.roundtrip` runs the real bitstream path there).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,15 @@ from torch import Tensor
 from tqdm import tqdm
 
 from baf.errors import DatasetError
-from baf.images import letterbox, load_image
+from baf.images import Letterbox, letterbox, load_image
 from baf.models.darknet import Darknet
 from baf.models.detect import Detections, decode, postprocess
 from baf.models.split import Split
 
 log = logging.getLogger(__name__)
 
-ZTransform = Callable[[Tensor], Tensor]
+ZTransform = Callable[[Tensor, Sequence[Letterbox]], Tensor]
+"""(Z [B,P,h,w], the batch's letterbox placements) -> the Z the cloud half gets (bitstream headers carry placements)."""
 STAGES = ("preprocess", "edge", "transform", "cloud", "decode_nms")
 
 
@@ -97,6 +99,10 @@ class CocoDataset:
         log.debug("dataset=%s images=%d annotations=%s", root, len(images), found[0].name)
         return cls(root, found[0], images, coco)
 
+    def mean_file_bytes(self) -> float:
+        """Mean size of the image files (the JPEGs an unsplit, cloud-only system would send)."""
+        return sum(path.stat().st_size for _, path in self.images) / len(self.images)
+
 
 @dataclass(frozen=True, kw_only=True)
 class EvalSettings:
@@ -122,8 +128,38 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
 
 
 @dataclass(frozen=True, kw_only=True)
+class RateSummary:
+    """What a compressed evaluation sent: C channels at n bits through a codec, and the mean bytes per image.
+
+    `mean_bytes` counts whole bitstreams (header and side info included); `jpeg_mean_bytes` is the mean
+    size of the source JPEGs. `predictor_*` identify the restoring checkpoint (None with zeros).
+    """
+
+    channels: int
+    bits: int
+    codec: str
+    qp: int | None
+    effort: int | None
+    restoration: str
+    mean_bytes: float
+    jpeg_mean_bytes: float
+    predictor: str | None = None
+    predictor_sha256: str | None = None
+    predictor_steps: int | None = None
+
+    @property
+    def saved_vs_jpeg(self) -> float:
+        """Fraction of the source JPEG bytes saved: 1 - mean_bytes / jpeg_mean_bytes."""
+        return 1.0 - self.mean_bytes / self.jpeg_mean_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields, plus saved_vs_jpeg."""
+        return {**asdict(self), "saved_vs_jpeg": self.saved_vs_jpeg}
+
+
+@dataclass(frozen=True, kw_only=True)
 class EvalResult:
-    """Scores and per-stage timings (ms per frame) of one evaluation."""
+    """Scores and per-stage timings (ms per frame) of one evaluation; `rate` for a compressed path."""
 
     model: str
     mode: str
@@ -134,6 +170,7 @@ class EvalResult:
     stats: dict[str, float]
     timings_ms: dict[str, float]
     torch_threads: int
+    rate: RateSummary | None = None
 
     @property
     def ap(self) -> float:
@@ -144,9 +181,9 @@ class EvalResult:
         return self.stats["AP50"]
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON report: top-level model, size, images, AP, AP50, mode, then the details."""
+        """The JSON report: top-level model, size, images, AP, AP50, mode, then the details (and the rate)."""
         s = self.settings
-        return {
+        report = {
             "model": self.model,
             "mode": self.mode,
             "size": s.size,
@@ -163,6 +200,7 @@ class EvalResult:
             "timings_ms_per_frame": self.timings_ms,
             "torch_threads": self.torch_threads,
         }
+        return report if self.rate is None else {**report, **self.rate.to_json()}
 
 
 def coco_results(dets: Detections, image_id: int, category_ids: Sequence[int]) -> list[dict[str, Any]]:
@@ -241,7 +279,7 @@ def evaluate(
                     z = split.edge(x)
                 if z_transform is not None:
                     with clock("transform"):
-                        z = z_transform(z)
+                        z = z_transform(z, [box for _, box in pairs])
                 with clock("cloud"):
                     outputs = split.cloud(z)
             with clock("decode_nms"):

@@ -193,6 +193,12 @@ class BafPredictor(nn.Module):
             raise ValueError(f"channels: C={channels} is not served; this predictor serves {served}")
         return self.config.channels.index(channels)
 
+    def check_serves(self, channels: int, bits: int) -> None:
+        """Raise ValueError unless this predictor restores C=`channels` at n=`bits`."""
+        self.channel_index(channels)
+        if bits not in self.config.bits:
+            raise ValueError(f"bits: n={bits} is not served; this predictor serves {list(self.config.bits)}")
+
     def inverse_bn(self, z: Tensor) -> Tensor:
         """Undo the frozen BN on the first C ranked channels z [..., C, h, w] (computed in z's dtype)."""
         idx = self.order[: z.shape[-3]]
@@ -376,17 +382,16 @@ def load_predictor(
     return predictor.to(map_location).eval()
 
 
-def z_transform(predictor: BafPredictor, channels: int, bits: int) -> Callable[[Tensor], Tensor]:
-    """The evaluator's Z hook for the compressed path: keep the first C ranked channels of Z [B,P,h,w],
-    quantize each sample to n bits with the native kernel (eq. 4), and restore all P channels (eq. 5-6)."""
+def z_transform(predictor: BafPredictor, channels: int, bits: int) -> Callable[..., Tensor]:
+    """The evaluator's Z hook for the quantized path without a codec: keep the first C ranked channels of
+    Z [B,P,h,w], quantize each sample to n bits with the native kernel (eq. 4), restore all P channels (eq. 5-6)."""
     from baf import ops
 
-    predictor.channel_index(channels)
-    if bits not in predictor.config.bits:
-        raise ValueError(f"bits: n={bits} is not served; this predictor serves {list(predictor.config.bits)}")
+    predictor.check_serves(channels, bits)
     order = predictor.order[:channels].cpu()
 
-    def transform(z: Tensor) -> Tensor:
+    def transform(z: Tensor, boxes: Sequence[object] = ()) -> Tensor:
+        # No bitstream here, so the letterbox placements (`boxes`) are not needed.
         parts = [ops.quantize(np.ascontiguousarray(s[order].float().cpu().numpy()), bits) for s in z]
         q = torch.from_numpy(np.stack([p[0] for p in parts]).astype(np.int32)).to(z.device)
         lo = torch.from_numpy(np.stack([p[1] for p in parts])).to(z.device)

@@ -1,4 +1,9 @@
-"""`baf eval`: COCO AP of a model on a COCO-style folder, unsplit (--baseline) or split, uncompressed (--split-only)."""
+"""`baf eval`: COCO AP of a model on a COCO-style folder, unsplit (--baseline) or split, uncompressed (--split-only).
+
+--codec sends every image through the real bitstream path (edge encoder -> `.baf` bytes -> cloud decoder ->
+restoration by --predictor or --restoration zeros) and reports the mean bytes per image against the source
+JPEGs. --all-channels codes all P channels at --bits with HEVC at --qp, no predictor (the paper's comparison).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,30 @@ def _unit_float(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
     return value
+
+
+def _check_bitstream_flags(args: argparse.Namespace) -> None:
+    """Refuse flag combinations the bitstream path does not take, before anything heavy loads."""
+    from baf.errors import BafError
+
+    bitstream = args.codec is not None or args.all_channels
+    if not bitstream:
+        for flag, value in (("--qp", args.qp), ("--effort", args.effort), ("--restoration", args.restoration),
+                            ("--save-bitstreams", args.save_bitstreams)):
+            if value is not None:
+                raise BafError(f"{flag} needs --codec (or --all-channels)")
+        return
+    if args.mode != "baseline":
+        raise BafError("--codec and --all-channels replace --split-only; use one of them")
+    if args.all_channels:
+        if args.predictor is not None or args.restoration is not None or args.channels is not None:
+            raise BafError("--all-channels sends every channel: no --predictor, --restoration or --channels")
+        if args.codec not in (None, "hevc"):
+            raise BafError(f"--all-channels codes with hevc, not {args.codec}")
+    elif (args.predictor is None) == (args.restoration is None):
+        raise BafError("--codec needs one restoration: --predictor CKPT or --restoration zeros")
+    if args.record and args.qp is not None:
+        raise BafError("--record stores lossless scores only; drop --qp")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,8 +91,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=_positive_int, help="evaluate only the first N images (by image id)")
     p.add_argument("--predictor", type=Path, help="BaF checkpoint (.json or .safetensors): send only --channels "
                    "ranked channels at --bits, restore the rest")
-    p.add_argument("--channels", type=_positive_int, default=64, help="C, with --predictor (default: %(default)s)")
-    p.add_argument("--bits", type=_positive_int, default=8, help="n, with --predictor (default: %(default)s)")
+    p.add_argument("--channels", type=_positive_int,
+                   help="C, with --predictor or --codec (default: 64)")
+    p.add_argument("--bits", type=_positive_int, default=8,
+                   help="n, with --predictor, --codec or --all-channels (default: %(default)s)")
+    p.add_argument("--codec", help="send Z through real .baf bitstreams with this payload codec: jxl, hevc, png")
+    p.add_argument("--qp", type=int, help="hevc QP 0..51 (default: lossless)")
+    p.add_argument("--effort", type=int, help="jxl effort 1..9 (default: 7)")
+    p.add_argument("--restoration", choices=("zeros",),
+                   help="with --codec and no --predictor: the missing channels are zero")
+    p.add_argument("--all-channels", action="store_true",
+                   help="send all P channels at --bits with hevc at --qp, no predictor (the paper's comparison)")
+    p.add_argument("--save-bitstreams", type=Path, metavar="DIR",
+                   help="with --codec or --all-channels: also write each image's .baf here")
     p.add_argument("--record", action="store_true",
                    help="with --predictor: store AP and AP50 in the checkpoint's sidecar")
     p.set_defaults(run=run)
@@ -80,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         raise BafError(f"--json: folder {args.json.parent} does not exist")
     if args.layer is not None and args.mode == "baseline":
         raise BafError("--layer only applies to a split mode such as --split-only")
+    _check_bitstream_flags(args)
     spec = get_spec(args.model)
     model = load_model(spec.name, args.weights)
     settings = EvalSettings(
@@ -91,21 +132,43 @@ def run(args: argparse.Namespace) -> int:
     )
     model.check_size(settings.size)
     layer = spec.split_layer if args.layer is None else args.layer
-    cut = None if args.mode == "baseline" and args.predictor is None else split(model, layer)
-    transform, mode = None, None
+    bitstream = args.codec is not None or args.all_channels
+    compressed = args.predictor is not None or bitstream
+    cut = None if args.mode == "baseline" and not compressed else split(model, layer)
+    channels = 64 if args.channels is None else args.channels
+    transform, mode, predictor = None, None, None
+    if compressed:
+        from baf.ranking import find_ranking
+
+        ranking = find_ranking(spec.name, layer)
     if args.predictor is not None:
         from baf.predictor import load_predictor, record_eval, z_transform
-        from baf.ranking import load_ranking
 
-        ranking_id = load_ranking(spec.name, layer).id
-        predictor = load_predictor(args.predictor, model=spec.name, layer=layer, ranking_id=ranking_id)
+        predictor = load_predictor(args.predictor, model=spec.name, layer=layer, ranking_id=ranking.id)
         try:
-            transform = z_transform(predictor, args.channels, args.bits)
+            predictor.check_serves(channels, args.bits)
         except ValueError as e:
             raise BafError(f"--predictor {args.predictor}: {e}") from None
-        mode = f"baf C={args.channels} n={args.bits}"
+        transform = None if bitstream else z_transform(predictor, channels, args.bits)
+        mode = f"baf C={channels} n={args.bits}"
     dataset = CocoDataset.open(args.data, args.limit)
-    result = evaluate(model, dataset, spec.category_ids, split=cut, z_transform=transform, mode=mode, settings=settings)
+    if bitstream:
+        from baf.roundtrip import evaluate_bitstream
+
+        codec = "hevc" if args.all_channels else args.codec
+        if args.all_channels:
+            channels, mode = cut.channels, f"all-channels n={args.bits}"
+        mode = f"{mode or f'zeros C={channels} n={args.bits}'} {codec}" + ("" if args.qp is None else f" qp={args.qp}")
+        if args.save_bitstreams is not None:
+            args.save_bitstreams.mkdir(parents=True, exist_ok=True)
+        result = evaluate_bitstream(
+            cut, ranking, dataset, spec.category_ids, channels=channels, bits=args.bits, codec=codec, qp=args.qp,
+            effort=args.effort, predictor=predictor, predictor_path=args.predictor, mode=mode, settings=settings,
+            save_dir=args.save_bitstreams,
+        )  # fmt: skip
+    else:
+        result = evaluate(model, dataset, spec.category_ids, split=cut, z_transform=transform, mode=mode,
+                          settings=settings)
     rows = [
         ("model", result.model),
         ("mode", result.mode),
@@ -114,13 +177,25 @@ def run(args: argparse.Namespace) -> int:
         ("images", str(result.images)),
     ]
     rows += [(name, f"{value:.4f}") for name, value in result.stats.items() if name in ("AP", "AP50", "AP75")]
+    if result.rate is not None:
+        r = result.rate
+        rows += [
+            ("channels, bits", f"C={r.channels} n={r.bits}"),
+            ("codec", " ".join([r.codec, *(f"{k}={v}" for k, v in (("qp", r.qp), ("effort", r.effort)) if v)])),
+            ("restoration", r.restoration),
+            ("mean bytes", f"{r.mean_bytes:,.0f} (whole bitstream)"),
+            ("JPEG mean bytes", f"{r.jpeg_mean_bytes:,.0f}"),
+            ("saved vs JPEG", f"{100 * r.saved_vs_jpeg:.1f}%"),
+        ]
+        if r.predictor_sha256 is not None:
+            rows.append(("predictor", f"{r.predictor} sha256 {r.predictor_sha256[:16]} steps {r.predictor_steps}"))
     rows += [(f"{stage} ms/frame", f"{ms:.1f}") for stage, ms in result.timings_ms.items()]
     width = max(len(name) for name, _ in rows)
     print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
     if args.json:
         write_json(result, args.json)
     if args.record and args.predictor is not None:
-        entry = {"dataset": args.data.name, "images": result.images, "channels": args.channels, "bits": args.bits,
+        entry = {"dataset": args.data.name, "images": result.images, "channels": channels, "bits": args.bits,
                  "size": settings.size, "AP": round(result.ap, 4), "AP50": round(result.ap50, 4)}
         record_eval(args.predictor, str(predictor.source_sha256), entry)
     return 0
