@@ -20,14 +20,13 @@ from client.stream import stream
 from server.config import ServerConfig
 from server.testing import background
 from test_server_security import pki  # noqa: F401  the test CA, server and client certificates
+from client.demo import DEMO_CLIP as VTEST  # Debian opencv-doc's clip, installed by `make sysdeps`
 
-VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-token"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not VTEST.is_file(), reason="opencv-doc's vtest.avi is not installed (make sysdeps)"),
 ]
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from baf.cli import main
+from client.demo import DEMO_CLIP as VTEST  # Debian opencv-doc's clip, installed by `make sysdeps`
 
 pytestmark = pytest.mark.slow
 
-VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +24,11 @@ def encoded(shared_data, tmp_path_factory) -> dict[str, Path]:
     files = {"image": out / "one.baf"}
     argv = ["encode", str(image), "-o", str(files["image"]), "--channels", "32", "--bits", "6", "--effort", "2"]
     assert main(argv) == 0
-    if VTEST.is_file():
-        files["video"] = out / "v.bafs"
-        argv = ["encode", str(VTEST), "-o", str(files["video"]), "--frames", "3", "--channels", "16", "--codec", "hevc"]
-        assert main([*argv, "--qp", "30"]) == 0
-        files["folder"] = out / "frames"
-        assert main(["encode", str(VTEST), "-o", f"{files['folder']}/", "--frames", "2", "--channels", "16"]) == 0
+    files["video"] = out / "v.bafs"
+    argv = ["encode", str(VTEST), "-o", str(files["video"]), "--frames", "3", "--channels", "16", "--codec", "hevc"]
+    assert main([*argv, "--qp", "30"]) == 0
+    files["folder"] = out / "frames"
+    assert main(["encode", str(VTEST), "-o", f"{files['folder']}/", "--frames", "2", "--channels", "16"]) == 0
     return files
 
 
@@ -55,8 +54,6 @@ def test_info_on_one_frame(encoded, capsys):
 
 
 def test_info_on_a_stream_and_a_folder(encoded, capsys):
-    if "video" not in encoded:
-        pytest.skip("opencv-doc's vtest.avi is not installed")
     assert main(["info", str(encoded["video"])]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["frame", "seq", "codec"]
@@ -79,10 +76,9 @@ def test_decode_writes_tensor_and_detections(encoded, tmp_path, capsys):
     for d in report["frames"][0]["detections"]:
         x1, y1, x2, y2 = d["box"]
         assert 0 <= x1 <= x2 <= 640 and 0 <= y1 <= y2 <= 640 and d["score"] >= 0.01
-    if "video" in encoded:
-        assert main(["decode", str(encoded["video"]), "--tensor", str(tensor), "--detections", str(dets)]) == 0
-        assert np.load(tensor).shape == (3, 16, 32, 32)
-        assert [f["sequence"] for f in json.loads(dets.read_text())["frames"]] == [0, 1, 2]
+    assert main(["decode", str(encoded["video"]), "--tensor", str(tensor), "--detections", str(dets)]) == 0
+    assert np.load(tensor).shape == (3, 16, 32, 32)
+    assert [f["sequence"] for f in json.loads(dets.read_text())["frames"]] == [0, 1, 2]
 
 
 def _damaged(encoded: dict[str, Path], tmp_path: Path, kind: str) -> Path:
@@ -102,8 +98,7 @@ def _damaged(encoded: dict[str, Path], tmp_path: Path, kind: str) -> Path:
         path.write_bytes(b"")
     elif kind == "truncated_stream":
         path = tmp_path / "t.bafs"
-        stream = encoded.get("video")
-        path.write_bytes(stream.read_bytes()[:-100] if stream else b"BAFV\x01\x10\x00")
+        path.write_bytes(encoded["video"].read_bytes()[:-100])
     return path
 
 

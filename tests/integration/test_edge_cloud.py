@@ -20,10 +20,10 @@ from baf.models.split import edge_image
 from baf.models.zoo import load_split
 from baf.ranking import load_ranking
 from baf.sources import open_source
+from client.demo import DEMO_CLIP as VTEST  # Debian opencv-doc's clip, installed by `make sysdeps`
 
 pytestmark = pytest.mark.slow
 
-VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +129,6 @@ def test_bad_settings_are_refused(split, ranking):
 
 @pytest.fixture(scope="module")
 def video_features(split, ranking):
-    if not VTEST.is_file():
-        pytest.skip("opencv-doc's vtest.avi is not installed")
     encoder = EdgeEncoder(split, ranking, channels=16, bits=8)
     return [encoder.features(f.image) for f in open_source(VTEST, max_frames=5).frames()]
 
