@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from baf import bitstream
@@ -42,3 +43,29 @@ def frame_rate(data: bytes) -> FrameRate:
     frame = bitstream.parse(data)
     h = frame.header
     return FrameRate(bitstream.HEADER_BYTES, h.side_info_bytes, len(frame.payload), h.elements)
+
+
+def bd_rate(reference: Sequence[tuple[float, float]], test: Sequence[tuple[float, float]]) -> float | None:
+    """Bjøntegaard delta rate of `test` against `reference`: mean rate change at equal quality (-0.3: 30% fewer bits).
+
+    Each curve is (rate, quality) points, e.g. (mean bytes, AP50). As in VCEG-M33, log(rate) is fitted by a
+    polynomial in quality (cubic; lower degree with fewer than four points), both fits are integrated over the
+    quality range the curves share, and exp(mean difference) - 1 is returned. None when they share no range.
+    """
+    import numpy as np
+
+    fits, ranges = [], []
+    for points in (reference, test):
+        if len(points) < 2:
+            raise ValueError(f"a curve needs at least 2 points, got {len(points)}")
+        rate, quality = np.array(points, dtype=np.float64).T
+        if (rate <= 0).any():
+            raise ValueError("rates must be > 0")
+        fits.append(np.polynomial.Polynomial.fit(quality, np.log(rate), min(3, len(points) - 1)))
+        ranges.append((quality.min(), quality.max()))
+    lo, hi = max(r[0] for r in ranges), min(r[1] for r in ranges)
+    if hi <= lo:
+        return None
+    ref, tst = (f.integ() for f in fits)
+    mean_diff = ((tst(hi) - tst(lo)) - (ref(hi) - ref(lo))) / (hi - lo)
+    return float(np.expm1(mean_diff))
