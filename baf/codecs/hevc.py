@@ -411,8 +411,9 @@ class _StreamSide:
 class HevcStreamEncoder(_StreamSide):
     """Per-stream HEVC encoder: one ffmpeg/x265 process, inter prediction, an IDR every `keyint` frames.
 
-    If the process dies or stops answering, the frame fails with CodecError and the next frame
-    starts a new process, whose first frame is intra so the decoder can resync.
+    If the process dies, the frame is coded again by a new process, whose first frame is intra so the
+    decoder can resync; if it stops answering, or a new process fails too, the frame fails with
+    CodecError and the next frame starts a new process.
     """
 
     def __init__(
@@ -453,15 +454,20 @@ class HevcStreamEncoder(_StreamSide):
             self._stop(None)
         if self._proc is not None and not self._proc.alive:
             self._stop(f"ffmpeg exited: {self._proc.reason()}")
-        if self._proc is None:
+        fresh = self._proc is None
+        if fresh:
             self._proc, self._shape = self._start(image.shape), image.shape
         deadline = time.monotonic() + self.timeout_s
         try:
             self._proc.send(frame)
             data = self._proc.read_exact(self._proc.next_size(deadline), deadline)
         except CodecError as e:
+            died = not self._proc.alive
             self._stop(str(e))
-            raise
+            if fresh or not died:
+                raise
+            # The process died under this frame (killed, crashed): code it again in a new one, as an intra frame.
+            return self.encode(image)
         if not data.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01")):
             self._stop("packet does not start with a start code")
             raise CodecError("hevc: encoder output lost its framing; restarting")
