@@ -9,7 +9,7 @@ with frames unanswered), with jittered exponential backoff (x1.6, +-20%, capped;
 connection-backoff.md), and every frame without a result is resent, in order, under its own sequence.
 Outcomes are keyed by sequence, so each frame is reported exactly once. With the hevc stream codec
 each new connection restarts the encoder, so the first resent frame is intra (the server's per-stream
-decoder is new); a DROPPED answer restarts it too. The client gives up when no frame has been
+decoder is new); an error answer restarts it too. The client gives up when no frame has been
 answered for `reconnect_timeout_s`.
 """
 
@@ -405,8 +405,9 @@ class FrameStreamer:
                                     batch_size=r.timings.batch_size or None)  # fmt: skip
         else:
             code = pb.FrameErrorCode.Name(response.error.code).removeprefix("FRAME_ERROR_CODE_")
-            if response.error.code == pb.FRAME_ERROR_CODE_DROPPED:
-                self._restart_codec = True  # the server missed a reference frame: send an intra frame next
+            # The server may lack this frame as a reference now (dropped, or its hevc decoder restarted and
+            # refuses inter frames until an intra one): send an intra frame next.
+            self._restart_codec = True
             outcome = self._outcome(p, round_trip_ms, error=(code, response.error.message))
         await self._deliver(outcome)
 
