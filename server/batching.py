@@ -162,18 +162,27 @@ class Batcher:
 
     def _work(self, frames: list[DecodedFrame]) -> list[_Found | BaseException]:
         """On the model thread: the whole batch, or frame by frame when the batch fails (one bad frame
-        must not fail the others)."""
+        must not fail the others). A batch the device has no memory for runs again in halves; a single
+        frame that still does not fit fails alone."""
         try:
             return self._detect(frames)
         except BafError as e:
             if len(frames) == 1:
                 return [e]
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            _release_cached_memory(self.pipeline.split.conv.weight.device)
+            if len(frames) == 1:
+                log.error("out of device memory on a single frame")
+                return [e]
+            half = len(frames) // 2
+            log.warning("out of device memory batch=%d; running it in halves of %d and %d",
+                        len(frames), half, len(frames) - half)
+            return self._work(frames[:half]) + self._work(frames[half:])
         results: list[_Found | BaseException] = []
         for frame in frames:
-            try:
-                results.extend(self._detect([frame]))
-            except BafError as e:
-                results.append(e)
+            results.extend(self._work([frame]))
         return results
 
     def _detect(self, frames: list[DecodedFrame]) -> list[_Found]:
@@ -189,3 +198,16 @@ class Batcher:
         self.metrics.batch_size.observe(len(frames))
         # Plain lists, made here: the event loop should not wait on tensor copies.
         return [(stages, d.boxes.float().tolist(), d.scores.float().tolist(), d.labels.tolist()) for d in found]
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is the device running out of memory (torch raises OutOfMemoryError on CUDA, a plain
+    RuntimeError saying so on other backends)."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    """Hand the allocator's cached blocks back before a retry, so the smaller batches can use them."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
