@@ -165,7 +165,8 @@ async def start(cfg: ServerConfig, registry: CollectorRegistry | None = None) ->
                       autocast=pipeline.split.conv.weight.device.type == "cuda")
     decode_pool = ThreadPoolExecutor(max_workers=cfg.decode_threads, thread_name_prefix="baf-decode")
     servicer = DetectionServicer(pipeline, batcher, metrics, decode_pool, served, max_frame_bytes=cfg.max_frame_bytes,
-                                 stream_window=cfg.stream_window, max_batch=cfg.max_batch, max_queue=cfg.max_queue)
+                                 stream_window=cfg.stream_window, max_batch=cfg.max_batch, max_queue=cfg.max_queue,
+                                 max_streams_per_client=cfg.max_streams_per_client)
     interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics)]
     if token is not None:
         interceptors.append(AuthInterceptor(token))

@@ -57,6 +57,8 @@ class ServerConfig:
                          choices=OVERFLOW_POLICIES)
     stream_window: int = _opt(4, "frames of one stream in flight at once (decoded, queued or running)")
     max_frame_bytes: int = _opt(16 << 20, "largest frame bitstream accepted, bytes")
+    max_streams_per_client: int | None = _opt(None, "most Stream calls open at once from one client (its mTLS "
+                                                    "certificate's common name, else its IP address); off: no limit")
     decode_threads: int = _opt(2, "threads decoding bitstreams (model work has one thread of its own)")
     drain_seconds: float = _opt(10.0, "on SIGTERM/SIGINT, how long in-flight calls may finish")
     tls_cert: Path | None = _opt(None, "PEM server certificate (chain); with --tls-key enables TLS")
@@ -84,6 +86,8 @@ class ServerConfig:
                           ("max_frame_bytes", 1024)):
             if getattr(self, name) < low:
                 raise fail(name, f"must be >= {low}, got {getattr(self, name)}")
+        if self.max_streams_per_client is not None and self.max_streams_per_client < 1:
+            raise fail("max_streams_per_client", f"must be >= 1 or off, got {self.max_streams_per_client}")
         if self.max_frame_bytes > _GRPC_MAX_MESSAGE - 4096:
             raise fail("max_frame_bytes", f"must be below 2 GiB (gRPC's message limit), got {self.max_frame_bytes}")
         for name in ("max_batch_delay_ms", "drain_seconds"):

@@ -2,7 +2,8 @@
 
 Names (DESIGN.md): baf_frames_total{status}, baf_frame_bytes, baf_stage_seconds{stage},
 baf_request_latency_seconds, baf_active_streams, baf_queue_depth, baf_dropped_frames_total{reason},
-baf_batch_size, and per gRPC method and status code baf_grpc_requests_total / baf_grpc_handling_seconds.
+baf_batch_size, baf_refused_calls_total{limit}, and per gRPC method and status code baf_grpc_requests_total /
+baf_grpc_handling_seconds.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 log = logging.getLogger(__name__)
 
 STAGES = ("decode", "dequantize", "predict", "backend", "nms")
+# baf_refused_calls_total{limit}: a fixed set, never a client's identity (unbounded, and personal data)
+LIMITS = ("streams_per_client",)
 _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BYTES = tuple(float(1 << k) for k in range(8, 27, 2))  # 256 B .. 64 MiB
 
@@ -43,12 +46,16 @@ class Metrics:
                                registry=registry)
         self.batch_size = Histogram("baf_batch_size", "Frames per model batch",
                                     buckets=tuple(float(b) for b in _batch_buckets(max_batch)), registry=registry)
+        self.refused_calls = Counter("baf_refused_calls", "Calls refused by a per-client limit, by limit",
+                                     ["limit"], registry=registry)
         self.grpc_requests = Counter("baf_grpc_requests", "gRPC calls finished, by method and status code",
                                      ["method", "code"], registry=registry)
         self.grpc_seconds = Histogram("baf_grpc_handling_seconds", "gRPC call duration, by method", ["method"],
                                       buckets=_SECONDS + (30.0, 60.0, 300.0), registry=registry)
         for stage in STAGES:  # export every stage from the start, so dashboards see zeros, not gaps
             self.stage_seconds.labels(stage)
+        for limit in LIMITS:
+            self.refused_calls.labels(limit)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Record one stage's time (a `baf.cloud.StageTimer`)."""

@@ -9,6 +9,7 @@ one table to a `FrameErrorCode` (streams) or a gRPC status (unary calls).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import threading
@@ -103,9 +104,12 @@ class DetectionServicer(pb_grpc.DetectionServiceServicer):
         stream_window: int,
         max_batch: int,
         max_queue: int,
+        max_streams_per_client: int | None = None,
     ) -> None:
         self._pipeline, self._batcher, self._m, self._pool, self._served = pipeline, batcher, metrics, decode_pool, served
         self._max_frame_bytes, self._window = max_frame_bytes, stream_window
+        self._max_streams_per_client = max_streams_per_client
+        self._streams_of: collections.Counter[str] = collections.Counter()  # open Stream calls per client_identity
         self.draining = asyncio.Event()
         self._calls = 0  # Stream and DetectFrame calls running
         self._idle = asyncio.Event()
@@ -187,6 +191,35 @@ class DetectionServicer(pb_grpc.DetectionServiceServicer):
     async def Stream(self, requests: AsyncIterator[pb.StreamRequest],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamResponse]:
         """Frames in, one answer per frame out, in order; see the proto for which faults end the call."""
+        with self._client_stream(context) as admitted:
+            if not admitted:
+                self._m.refused_calls.labels("streams_per_client").inc()
+                log.info("refused stream reason=streams-per-client limit=%d", self._max_streams_per_client)
+                await context.abort(_S.RESOURCE_EXHAUSTED, f"this client already has {self._max_streams_per_client} "
+                                    "streams open, the server's --max-streams-per-client; close one first")
+            async for response in self._stream(requests, context):
+                yield response
+
+    @contextlib.contextmanager
+    def _client_stream(self, context: grpc.aio.ServicerContext) -> Iterator[bool]:
+        """Count one open stream of the calling client while the block runs; yields False when over its limit."""
+        if self._max_streams_per_client is None:
+            yield True
+            return
+        client = client_identity(context)
+        if self._streams_of[client] >= self._max_streams_per_client:
+            yield False
+            return
+        self._streams_of[client] += 1
+        try:
+            yield True
+        finally:
+            self._streams_of[client] -= 1
+            if not self._streams_of[client]:
+                del self._streams_of[client]
+
+    async def _stream(self, requests: AsyncIterator[pb.StreamRequest],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamResponse]:
         with self._call():
             self._m.active_streams.inc()
             decoder = _Decoder(self._pipeline.stream())
@@ -333,6 +366,16 @@ async def _next(pending: asyncio.Queue[_Pending | None], reader: asyncio.Task[bo
     getter.cancel()
     reader.result()  # raises what ended the reader; a reader that returned has queued its None
     return await pending.get()
+
+
+def client_identity(context: grpc.aio.ServicerContext) -> str:
+    """Who is calling, for per-client limits: the mTLS certificate's common name, else the peer's address
+    without its port (every connection from one host is one client)."""
+    names = context.auth_context().get("x509_common_name")
+    if names:
+        return "cn:" + names[0].decode(errors="replace")
+    peer = context.peer() or ""
+    return "peer:" + (peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer)
 
 
 def _parse_header(data: bytes) -> Header:

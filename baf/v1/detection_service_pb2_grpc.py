@@ -70,7 +70,8 @@ class DetectionServiceServicer:
         `error` set and the stream goes on. Only stream-level faults end the call with a status:
         UNAUTHENTICATED (no or wrong token), UNAVAILABLE (server draining; reconnect), DEADLINE_EXCEEDED or
         CANCELLED (the client's own deadline or cancellation), RESOURCE_EXHAUSTED (a message larger than
-        `Limits.max_frame_bytes`, refused by the transport before it is read).
+        `Limits.max_frame_bytes`, refused by the transport before it is read; or, when the server limits streams
+        per client, a stream beyond that limit, refused before any frame is read).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

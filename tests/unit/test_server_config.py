@@ -29,6 +29,7 @@ def test_port_shorthand_keeps_the_listen_host():
     (["--tls-cert", __file__], {}, "TLS needs both --tls-cert and --tls-key"),
     (["--token-file", "/no/such/token"], {}, "--token-file / BAF_TOKEN_FILE: file /no/such/token not found"),
     (["--conf-threshold", "2"], {}, "--conf-threshold / BAF_CONF_THRESHOLD: must be in [0, 1]"),
+    ([], {"BAF_MAX_STREAMS_PER_CLIENT": "0"}, "--max-streams-per-client / BAF_MAX_STREAMS_PER_CLIENT: must be >= 1"),
     (["--restoration", "zeros", "--predictor", __file__], {}, "choose one"),
 ])  # fmt: skip
 def test_bad_values_name_flag_and_env(argv, env, expected):
