@@ -255,7 +255,7 @@ class DetectionServicer(pb_grpc.DetectionServiceServicer):
             while True:
                 await window.acquire()  # backpressure: the client's sends wait in gRPC flow control
                 incoming = asyncio.ensure_future(anext(iterator, None))
-                await asyncio.wait({incoming, draining}, return_when=asyncio.FIRST_COMPLETED)
+                await _wait_first(incoming, draining)
                 if not incoming.done():
                     incoming.cancel()
                     await pending.put(None)
@@ -360,12 +360,22 @@ class _Decoder:
 async def _next(pending: asyncio.Queue[_Pending | None], reader: asyncio.Task[bool]) -> _Pending | None:
     """The next frame to answer; if the reader failed instead, its error."""
     getter = asyncio.ensure_future(pending.get())
-    await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+    await _wait_first(getter, reader)
     if getter.done():
         return getter.result()
     getter.cancel()
     reader.result()  # raises what ended the reader; a reader that returned has queued its None
     return await pending.get()
+
+
+async def _wait_first(mine: asyncio.Future[object], other: asyncio.Future[object]) -> None:
+    """Wait until `mine` or `other` is done; if the wait is cancelled, cancel `mine` too (a stream ending
+    must not leave a read pending on its queue or request iterator)."""
+    try:
+        await asyncio.wait({mine, other}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        mine.cancel()
+        raise
 
 
 def client_identity(context: grpc.aio.ServicerContext) -> str:
