@@ -25,6 +25,35 @@ def encode_frames(images: Path, count: int, *, channels: int = 64, bits: int = 6
     return [encoder.encode_features(*encoder.features(load_image(p))) for p in sorted(images.glob("*.jpg"))[:count]]
 
 
+def encode_hevc_stream(count: int, *, channels: int = 64, bits: int = 6, qp: int = 30) -> list[bytes]:
+    """The first `count` frames of the demo clip as one inter-coded hevc stream (only the first is intra)."""
+    from baf.edge import EdgeConfig, EdgeEncoder
+    from baf.sources import open_source
+    from client.demo import DEMO_CLIP
+
+    config = EdgeConfig(channels=channels, bits=bits, codec="hevc", qp=qp, stream=True)
+    with EdgeEncoder.load(config) as encoder:
+        return [encoder.encode(f.image, sequence=f.index) for f in open_source(DEMO_CLIP, max_frames=count).frames()]
+
+
+def ffmpeg_children(pid: int, role: str) -> list[int]:
+    """Live ffmpeg processes started by `pid` (any thread) in one role: "encoder" (libx265) or "decoder" (hevc in)."""
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            try:
+                args = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue  # it ended meanwhile
+            if not args or not args[0].endswith(b"ffmpeg"):
+                continue
+            encoder = b"libx265" in args
+            decoder = not encoder and any(a == b"-f" and b == b"hevc" for a, b in zip(args, args[1:]))
+            if (role == "encoder" and encoder) or (role == "decoder" and decoder):
+                found.append(int(child))
+    return found
+
+
 def reencode_with_channels(frame: bytes, channels: int) -> bytes:
     """The same frame with only its first `channels` channels (a C the checkpoint may not serve)."""
     from baf import bitstream, codecs, ops
