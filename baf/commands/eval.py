@@ -11,19 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _unit_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
+from baf.argtypes import positive_int, unit_float
 
 
 def _check_bitstream_flags(args: argparse.Namespace) -> None:
@@ -74,26 +62,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(mode="baseline")
     p.add_argument("--layer", type=int, help="split layer (default: the model's, 8 for yolov3-tiny, 12 for yolov3)")
     p.add_argument(
-        "--size", type=_positive_int, default=512, help="input size, a multiple of 32 (default: %(default)s)"
+        "--size", type=positive_int, default=512, help="input size, a multiple of 32 (default: %(default)s)"
     )
-    p.add_argument("--conf-thres", type=_unit_float, default=0.001, help="default: %(default)s")
-    p.add_argument("--nms-iou", type=_unit_float, default=0.45, help="default: %(default)s")
+    p.add_argument("--conf-thres", type=unit_float, default=0.001, help="default: %(default)s")
+    p.add_argument("--nms-iou", type=unit_float, default=0.45, help="default: %(default)s")
     p.add_argument(
-        "--max-det", type=_positive_int, default=300, help="detections kept per image (default: %(default)s)"
+        "--max-det", type=positive_int, default=300, help="detections kept per image (default: %(default)s)"
     )
-    p.add_argument("--batch-size", type=_positive_int, default=1, help="default: %(default)s")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="default: %(default)s")
     p.add_argument(
         "--weights",
         type=Path,
         default=os.environ.get("BAF_WEIGHTS"),
         help="darknet .weights file (env BAF_WEIGHTS; default: the model's own)",
     )
-    p.add_argument("--limit", type=_positive_int, help="evaluate only the first N images (by image id)")
+    p.add_argument("--limit", type=positive_int, help="evaluate only the first N images (by image id)")
     p.add_argument("--predictor", type=Path, help="BaF checkpoint (.json or .safetensors): send only --channels "
                    "ranked channels at --bits, restore the rest")
-    p.add_argument("--channels", type=_positive_int,
+    p.add_argument("--channels", type=positive_int,
                    help="C, with --predictor or --codec (default: 64)")
-    p.add_argument("--bits", type=_positive_int, default=8,
+    p.add_argument("--bits", type=positive_int, default=8,
                    help="n, with --predictor, --codec or --all-channels (default: %(default)s)")
     p.add_argument("--codec", help="send Z through real .baf bitstreams with this payload codec: jxl, hevc, png")
     p.add_argument("--qp", type=int, help="hevc QP 0..51 (default: lossless)")
