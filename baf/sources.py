@@ -137,7 +137,8 @@ def _probe(location: str, input_format: str | None) -> tuple[int, int, float | N
         ffmpeg = ffmpeg_path()
     except CodecUnavailableError as e:
         raise SourceError(str(e)) from None
-    args = [_ffprobe(ffmpeg), "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height,avg_frame_rate",
+    args = [_ffprobe(ffmpeg), "-v", "error", "-select_streams", "v:0",
+            "-show_entries", "stream=width,height,avg_frame_rate",
             "-of", "json"]
     args += ["-f", input_format] if input_format else []
     try:

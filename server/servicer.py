@@ -25,14 +25,14 @@ from baf import __version__, bitstream
 from baf.bitstream import Header
 from baf.cloud import CloudPipeline, DecodedFrame, FrameDecoder, StageTimer
 from baf.errors import (
-    BafError, BitstreamError, CodecError, CodecUnavailableError, FrameDeadlineError, FrameTooLargeError,
+    BitstreamError, CodecError, CodecUnavailableError, FrameDeadlineError, FrameTooLargeError,
     HeaderMismatchError, OverloadedError, SequenceError,
 )  # fmt: skip
 from baf.models.zoo import get_spec
 from baf.v1 import detection_service_pb2 as pb
 from baf.v1 import detection_service_pb2_grpc as pb_grpc
 from server.batching import Batcher, FrameOutcome
-from server.metrics import Metrics
+from server.metrics import STAGES, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ class DetectionServicer(pb_grpc.DetectionServiceServicer):
         max_queue: int,
         max_streams_per_client: int | None = None,
     ) -> None:
-        self._pipeline, self._batcher, self._m, self._pool, self._served = pipeline, batcher, metrics, decode_pool, served
+        self._pipeline, self._batcher, self._m = pipeline, batcher, metrics
+        self._pool, self._served = decode_pool, served
         self._max_frame_bytes, self._window = max_frame_bytes, stream_window
         self._max_streams_per_client = max_streams_per_client
         self._streams_of: collections.Counter[str] = collections.Counter()  # open Stream calls per client_identity
@@ -335,7 +336,7 @@ class DetectionServicer(pb_grpc.DetectionServiceServicer):
         ]  # fmt: skip
         timings = pb.FrameTimings(
             queue_ms=o.queued * 1e3, total_ms=(time.perf_counter() - p.arrived) * 1e3, batch_size=o.batch_size,
-            **{f"{stage}_ms": stages.get(stage, 0.0) * 1e3 for stage in ("decode", "dequantize", "predict", "backend", "nms")},
+            **{f"{stage}_ms": stages.get(stage, 0.0) * 1e3 for stage in STAGES},
         )  # fmt: skip
         return pb.FrameResult(detections=detections, bytes_received=p.size, timings=timings)
 
