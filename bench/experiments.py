@@ -190,6 +190,12 @@ def build_tables(reports: dict[str, dict[str, Any]], compare: Sequence[Path] = (
         usable = len(points) >= 2 and len(reference) >= 2
         value = bd_rate(reference, [(p["mean_bytes"], p["AP50"]) for p in points]) if usable else None
         why = None if value is not None else "fewer than 2 points" if not usable else "no common AP50 range"
+        ranked = [p["AP50"] for p in sorted(points, key=lambda p: p["mean_bytes"])]
+        if value is not None and any(b <= a for a, b in zip(ranked, ranked[1:])):
+            # The fit of log(rate) in AP50 then bends or runs backwards: the number says little.
+            why = "AP50 does not rise with the bytes on this curve: the fit, not the data, sets this value"
+        elif value is not None and min(len(points), len(reference)) < 4:
+            why = f"{min(len(points), len(reference))}-point curve: fitted below cubic, indicative only"
         tables["bd_rate"][label] = {"vs": ALL_CHANNELS_CURVE, "bd_rate": value, "note": why,
                                     "points": len(points), "reference_points": len(reference)}
     tables["savings"] = savings(reports, base)
@@ -234,6 +240,14 @@ def comparison(reports: dict[str, dict[str, Any]], compare: Sequence[Path]) -> l
             "AP": report["AP"], "AP50": report["AP50"],
         })  # fmt: skip
     return rows
+
+
+def _served(served: dict[str, list[int]] | None) -> str:
+    """'C 8-128, n 2-8' from a predictor's served channel and bit lists."""
+    if not served:
+        return "-"
+    span = {k: str(v[0]) if len(v) == 1 else f"{v[0]}-{v[-1]}" for k, v in served.items()}
+    return f"C {span['channels']}, n {span['bits']}"
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -286,8 +300,8 @@ def summary_markdown(tables: dict[str, Any]) -> str:
     if tables["comparison"]:
         lines += ["", "One-for-all vs dedicated at C=64, n=8 (lossless JPEG XL):", "",
                   "| checkpoint | serves | steps | sha256 | AP | AP50 |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['checkpoint']} | {r['served'] or '-'} | {r['steps']} | {r['sha256'][:16]} | {_fmt(r['AP'])} | "
-                  f"{_fmt(r['AP50'])} |" for r in tables["comparison"]]
+        lines += [f"| {r['checkpoint']} | {_served(r['served'])} | {r['steps']} | {r['sha256'][:16]} | "
+                  f"{_fmt(r['AP'])} | {_fmt(r['AP50'])} |" for r in tables["comparison"]]
     if tables["missing"]:
         lines += ["", f"Not run yet: {', '.join(tables['missing'])}."]
     return "\n".join(lines) + "\n"
