@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -65,6 +66,23 @@ def reencode_with_channels(frame: bytes, channels: int) -> bytes:
     q2, lo, hi = ops.quantize(np.ascontiguousarray(z), h.bits)
     header = dataclasses.replace(h, channels=channels)
     return bitstream.encode_frame(header, q2, lo, hi, codecs.create("png", bits=h.bits))
+
+
+def stream_in_background(config) -> tuple[threading.Thread, dict]:
+    """`client.stream.stream(config)` on a started thread; the dict gets "summary" or "error" when it ends."""
+    from client.stream import stream
+
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["summary"] = stream(config)
+        except BaseException as e:  # noqa: BLE001  reported by the test thread
+            result["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
 
 
 def free_port() -> int:

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,12 +14,13 @@ import pytest
 
 from baf.cli import main
 from client.config import ClientConfig
+from client.demo import DEMO_CLIP as VTEST  # Debian opencv-doc's clip, installed by `make sysdeps`
 from client.output import Summary
 from client.stream import stream
 from server.config import ServerConfig
 from server.testing import background
 from test_server_security import pki  # noqa: F401  the test CA, server and client certificates
-from client.demo import DEMO_CLIP as VTEST  # Debian opencv-doc's clip, installed by `make sysdeps`
+from tests.integration.server_util import stream_in_background
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-token"
@@ -94,7 +94,6 @@ def test_image_folder_with_adaptive_rate(server, tmp_path, shared_data):
 def test_server_restart_mid_stream_loses_and_duplicates_nothing(tmp_path):
     """hevc inter frames: after the restart the first resent frame must be intra, or the server reports errors."""
     out = tmp_path / "out.jsonl"
-    result: dict[str, object] = {}
     frames = 24
     with background(_server_config()) as first:
         port = first.port
@@ -102,14 +101,7 @@ def test_server_restart_mid_stream_loses_and_duplicates_nothing(tmp_path):
                               codec="hevc", qp=30, window=6, backoff_initial_s=0.2, backoff_max_s=1.0,
                               progress=False)  # fmt: skip
 
-        def client() -> None:
-            try:
-                result["summary"] = stream(config)
-            except BaseException as e:  # noqa: BLE001  reported by the test thread
-                result["error"] = e
-
-        thread = threading.Thread(target=client)
-        thread.start()
+        thread, result = stream_in_background(config)
         deadline = time.monotonic() + 60
         while not (out.is_file() and len(out.read_text().splitlines()) >= 5) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -27,7 +27,9 @@ from client.stream import stream
 from server.config import ServerConfig
 from server.servicer import INTERNAL_MESSAGE
 from server.testing import background
-from tests.integration.server_util import REPO, ServerProcess, encode_frames, encode_hevc_stream, ffmpeg_children
+from tests.integration.server_util import (
+    REPO, ServerProcess, encode_frames, encode_hevc_stream, ffmpeg_children, stream_in_background,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -102,18 +104,11 @@ def test_server_sigkill_and_restart_loses_and_duplicates_nothing(tmp_path: Path)
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
     first = ServerProcess(tmp_path / "first")
-    port, result = first.port, {}
+    port = first.port
     config = ClientConfig(source=str(DEMO_CLIP), server=first.target, output=out, frames=frames, window=4,
                           backoff_initial_s=0.2, backoff_max_s=1.0, reconnect_timeout_s=120, progress=False)
 
-    def client() -> None:
-        try:
-            result["summary"] = stream(config)
-        except BaseException as e:  # noqa: BLE001  reported by the test thread
-            result["error"] = e
-
-    thread = threading.Thread(target=client)
-    thread.start()
+    thread, result = stream_in_background(config)
     second = None
     try:
         _wait(lambda: len(_lines(out)) >= 3, 120, "three answers")
@@ -187,16 +182,9 @@ def test_ffmpeg_stream_coders_killed_mid_stream(tmp_path: Path):
     with background(_config()) as server:
         config = ClientConfig(source=str(DEMO_CLIP), server=server.target, output=out, frames=frames, codec="hevc",
                               qp=30, window=2, progress=False)  # fmt: skip
-        result, killed = {}, []
+        killed = []
 
-        def client() -> None:
-            try:
-                result["summary"] = stream(config)
-            except BaseException as e:  # noqa: BLE001  reported by the test thread
-                result["error"] = e
-
-        thread = threading.Thread(target=client)
-        thread.start()
+        thread, result = stream_in_background(config)
         for role, after in (("decoder", 4), ("encoder", 9)):
             _wait(lambda: len(_lines(out)) >= after, 120, f"{after} answers")
             (pid,) = ffmpeg_children(os.getpid(), role)
