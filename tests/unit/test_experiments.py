@@ -75,7 +75,6 @@ def test_writer_writes_tables_that_agree_with_the_reports(reports, tmp_path):
 
 
 def test_plots_are_written(reports, tmp_path):
-    pytest.importorskip("matplotlib")
     written = write_results(tmp_path, build_tables(reports))
     for name in ("fig3.png", "fig4.png"):
         assert tmp_path / name in written and (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
