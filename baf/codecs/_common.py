@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from baf.errors import CodecError
+from baf.ops import MAX_BITS
 
-MAX_BITS = 16
 MAX_SIDE = 1 << 15  # tiled images larger than 32768 on a side are refused before any allocation
 
 
