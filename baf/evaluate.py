@@ -2,7 +2,9 @@
 
 The transform hook is where compressed paths plug in: anything that maps the edge output Z
 [B,P,h,w] (and where each image sits in the model input) to a (restored) Z of the same shape, e.g.
-quantize + codec + BaF prediction (`baf.roundtrip` runs the real bitstream path there).
+quantize + codec + BaF prediction (`baf.roundtrip` runs the real bitstream path there). The image
+hook is where cloud-only baselines plug in: it maps each loaded image to the image the model sees
+(`baf.recode`: scaled, coded and decoded), and boxes are mapped back to the original's pixels.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 
 ZTransform = Callable[[Tensor, Sequence[Letterbox]], Tensor]
 """(Z [B,P,h,w], the batch's letterbox placements) -> the Z the cloud half gets (bitstream headers carry placements)."""
+ImageTransform = Callable[[np.ndarray], np.ndarray]
+"""RGB uint8 [H,W,3] as loaded -> the RGB uint8 image the model is fed instead (any size; boxes map back to H x W)."""
 STAGES = ("preprocess", "edge", "transform", "cloud", "decode_nms")
 
 
@@ -129,23 +134,29 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
 
 @dataclass(frozen=True, kw_only=True)
 class RateSummary:
-    """What a compressed evaluation sent: C channels at n bits through a codec, and the mean bytes per image.
+    """What a compressed evaluation sent, and the mean bytes per image.
 
-    `mean_bytes` counts whole bitstreams (header and side info included); `jpeg_mean_bytes` is the mean
-    size of the source JPEGs. `predictor_*` identify the restoring checkpoint (None with zeros).
+    Split paths send C channels at n bits through a payload `codec` (`qp` for hevc, `effort` for jxl),
+    restored by `restoration`; `predictor_*` identify the restoring checkpoint (None with zeros).
+    Cloud-only baselines send the image itself, recoded (`recode` "jpeg" at `quality`, or "hevc" at
+    `qp`); their channels, bits, codec and restoration are None. `mean_bytes` counts what was sent
+    (whole bitstreams with header and side info, or the coded images); `jpeg_mean_bytes` is the mean
+    size of the source JPEGs.
     """
 
-    channels: int
-    bits: int
-    codec: str
+    channels: int | None
+    bits: int | None
+    codec: str | None
     qp: int | None
     effort: int | None
-    restoration: str
+    restoration: str | None
     mean_bytes: float
     jpeg_mean_bytes: float
     predictor: str | None = None
     predictor_sha256: str | None = None
     predictor_steps: int | None = None
+    recode: str | None = None
+    quality: int | None = None
 
     @property
     def saved_vs_jpeg(self) -> float:
@@ -219,14 +230,19 @@ def coco_results(dets: Detections, image_id: int, category_ids: Sequence[int]) -
 
 def score(dataset: CocoDataset, results: list[dict[str, Any]]) -> dict[str, float]:
     """COCO bbox metrics (STAT_NAMES) of `results` over the dataset's images."""
+    return coco_ap(dataset.coco, results, [image_id for image_id, _ in dataset.images])
+
+
+def coco_ap(ground_truth: Any, results: list[dict[str, Any]], image_ids: Sequence[int]) -> dict[str, float]:
+    """COCO bbox metrics (STAT_NAMES) of `results` against a pycocotools `COCO` ground truth, over `image_ids`."""
     if not results:
         log.warning("no detections at all; every metric is 0")
         return dict.fromkeys(STAT_NAMES, 0.0)
     from pycocotools.cocoeval import COCOeval
 
     with _quiet():
-        evaluator = COCOeval(dataset.coco, dataset.coco.loadRes(results), "bbox")
-        evaluator.params.imgIds = [image_id for image_id, _ in dataset.images]
+        evaluator = COCOeval(ground_truth, ground_truth.loadRes(results), "bbox")
+        evaluator.params.imgIds = list(image_ids)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -240,6 +256,7 @@ def evaluate(
     *,
     split: Split | None = None,
     z_transform: ZTransform | None = None,
+    image_transform: ImageTransform | None = None,
     mode: str | None = None,
     settings: EvalSettings = EvalSettings(),
     progress: bool | None = None,
@@ -248,15 +265,20 @@ def evaluate(
 
     Without `split` the whole model runs as one "cloud" stage (cloud-only, the paper's baseline);
     with it the edge half gives Z, `z_transform` (if any) maps Z to the Z the cloud half gets.
+    `image_transform` (if any) replaces each loaded image before the letterbox (timed as "transform");
+    boxes are still reported in the original image's pixels.
     `mode` labels the result (default: "baseline", "split-only", or "transformed").
     `progress`: show a bar (None: only on a terminal).
     """
     if split is None and z_transform is not None:
         raise ValueError("a Z transform needs a split model")
+    if z_transform is not None and image_transform is not None:
+        raise ValueError("use a Z transform or an image transform, not both")
     if split is not None and split.model is not model:
         raise ValueError("split must be a split of model")
     model.check_size(settings.size)
-    mode = mode or ("baseline" if split is None else "split-only" if z_transform is None else "transformed")
+    transformed = z_transform is not None or image_transform is not None
+    mode = mode or ("transformed" if transformed else "baseline" if split is None else "split-only")
     device = next(model.parameters()).device
     clock = _Clock()
     results: list[dict[str, Any]] = []
@@ -268,8 +290,8 @@ def evaluate(
     ):
         for i in range(0, len(dataset.images), settings.batch_size):
             batch = dataset.images[i : i + settings.batch_size]
+            pairs = [_prepare(path, image_transform, settings.size, clock) for _, path in batch]
             with clock("preprocess"):
-                pairs = [letterbox(load_image(path), settings.size) for _, path in batch]
                 x = torch.stack([image for image, _ in pairs]).to(device)
             if split is None:
                 with clock("cloud"):
@@ -306,6 +328,19 @@ def evaluate(
         timings_ms=timings,
         torch_threads=torch.get_num_threads(),
     )
+
+
+def _prepare(path: Path, image_transform: ImageTransform | None, size: int, clock: _Clock) -> tuple[Tensor, Letterbox]:
+    """One image as model input and its placement, through `image_transform` when given (boxes map to the file)."""
+    with clock("preprocess"):
+        image = load_image(path)
+    seen = image
+    if image_transform is not None:
+        with clock("transform"):
+            seen = image_transform(image)
+    with clock("preprocess"):
+        x, box = letterbox(seen, size)
+    return x, box if seen is image else box.rescaled_source(image.shape[1], image.shape[0])
 
 
 def write_json(result: EvalResult, path: str | os.PathLike[str]) -> None:

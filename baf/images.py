@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,16 @@ class Letterbox:
         else:
             new_width, new_height = max(1, width * size // height), size
         return cls(size, width, height, new_width, new_height, (size - new_width) // 2, (size - new_height) // 2)
+
+    def rescaled_source(self, width: int, height: int) -> Letterbox:
+        """The same placement for an image that was a `width` x `height` source before it was rescaled.
+
+        `to_source` of the result maps boxes to that original's pixels (cloud-only baselines recode a
+        scaled copy of each image; COCO boxes refer to the original).
+        """
+        if width < 1 or height < 1:
+            raise ValueError(f"source size must be positive, got {width}x{height}")
+        return replace(self, width=width, height=height)
 
     def to_source(self, boxes: Tensor) -> Tensor:
         """Boxes [N,4] (x1, y1, x2, y2) in model-input pixels -> source-image pixels, clipped to the image."""

@@ -3,6 +3,8 @@
 --codec sends every image through the real bitstream path (edge encoder -> `.baf` bytes -> cloud decoder ->
 restoration by --predictor or --restoration zeros) and reports the mean bytes per image against the source
 JPEGs. --all-channels codes all P channels at --bits with HEVC at --qp, no predictor (the paper's comparison).
+--recode is the cloud-only baseline: each image scaled to --size on its long side, coded as JPEG at --quality
+or as one HEVC intra picture at --qp, decoded and fed to the unsplit model (`baf/recode.py` has the settings).
 """
 
 from __future__ import annotations
@@ -12,6 +14,36 @@ import os
 from pathlib import Path
 
 from baf.argtypes import positive_int, unit_float
+
+
+def _check_recode_flags(args: argparse.Namespace) -> None:
+    """Refuse flag combinations --recode does not take (and --quality without it), before anything heavy loads."""
+    from baf.errors import BafError
+    from baf.recode import check_qp, check_quality
+
+    if args.recode is None:
+        if args.quality is not None:
+            raise BafError("--quality applies to --recode jpeg")
+        return
+    if args.mode != "baseline":
+        raise BafError("--recode feeds the recoded image to the unsplit model; drop --split-only")
+    for flag, value in (("--predictor", args.predictor), ("--codec", args.codec), ("--all-channels", args.all_channels),
+                        ("--channels", args.channels), ("--restoration", args.restoration), ("--effort", args.effort),
+                        ("--save-bitstreams", args.save_bitstreams), ("--record", args.record)):
+        if value not in (None, False):
+            raise BafError(f"--recode sends the image itself to the unsplit model; drop {flag}")
+    if args.recode == "jpeg":
+        if args.qp is not None:
+            raise BafError("--qp applies to --recode hevc; --recode jpeg takes --quality")
+        if args.quality is None:
+            raise BafError("--recode jpeg needs --quality 1..100")
+        check_quality(args.quality)
+    else:
+        if args.quality is not None:
+            raise BafError("--quality applies to --recode jpeg; --recode hevc takes --qp")
+        if args.qp is None:
+            raise BafError("--recode hevc needs --qp 0..51")
+        check_qp(args.qp)
 
 
 def _check_bitstream_flags(args: argparse.Namespace) -> None:
@@ -84,7 +116,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bits", type=positive_int, default=8,
                    help="n, with --predictor, --codec or --all-channels (default: %(default)s)")
     p.add_argument("--codec", help="send Z through real .baf bitstreams with this payload codec: jxl, hevc, png")
-    p.add_argument("--qp", type=int, help="hevc QP 0..51 (default: lossless)")
+    p.add_argument("--qp", type=int, help="hevc QP 0..51: of the payload with --codec hevc (default: lossless), "
+                   "or of the image with --recode hevc")
     p.add_argument("--effort", type=int, help="jxl effort 1..9 (default: 7)")
     p.add_argument("--restoration", choices=("zeros",),
                    help="with --codec and no --predictor: the missing channels are zero")
@@ -92,6 +125,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="send all P channels at --bits with hevc at --qp, no predictor (the paper's comparison)")
     p.add_argument("--save-bitstreams", type=Path, metavar="DIR",
                    help="with --codec or --all-channels: also write each image's .baf here")
+    p.add_argument("--recode", choices=("jpeg", "hevc"),
+                   help="cloud-only baseline: scale each image to --size, code it (jpeg at --quality, hevc intra "
+                   "at --qp), decode, run the unsplit model")
+    p.add_argument("--quality", type=int, help="JPEG quality 1..100, with --recode jpeg")
     p.add_argument("--record", action="store_true",
                    help="with --predictor: store AP and AP50 in the checkpoint's sidecar")
     p.set_defaults(run=run)
@@ -108,7 +145,9 @@ def run(args: argparse.Namespace) -> int:
         raise BafError(f"--json: folder {args.json.parent} does not exist")
     if args.layer is not None and args.mode == "baseline":
         raise BafError("--layer only applies to a split mode such as --split-only")
-    _check_bitstream_flags(args)
+    _check_recode_flags(args)
+    if args.recode is None:
+        _check_bitstream_flags(args)
     spec = get_spec(args.model)
     model = load_model(spec.name, args.weights)
     settings = EvalSettings(
@@ -138,9 +177,14 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise BafError(f"--predictor {args.predictor}: {e}") from None
         transform = None if bitstream else z_transform(predictor, channels, args.bits)
-        mode = f"baf C={channels} n={args.bits}"
+        mode = f"{predictor.config.kind} C={channels} n={args.bits}"
     dataset = CocoDataset.open(args.data, args.limit)
-    if bitstream:
+    if args.recode is not None:
+        from baf.recode import Recoder, evaluate_recoded
+
+        recoder = Recoder(args.recode, quality=args.quality, qp=args.qp, size=settings.size)
+        result = evaluate_recoded(model, dataset, spec.category_ids, recoder, settings=settings)
+    elif bitstream:
         from baf.roundtrip import evaluate_bitstream
 
         codec = "hevc" if args.all_channels else args.codec
@@ -165,7 +209,16 @@ def run(args: argparse.Namespace) -> int:
         ("images", str(result.images)),
     ]
     rows += [(name, f"{value:.4f}") for name, value in result.stats.items() if name in ("AP", "AP50", "AP75")]
-    if result.rate is not None:
+    if result.rate is not None and result.rate.recode is not None:
+        r = result.rate
+        level = f"q={r.quality}" if r.recode == "jpeg" else f"qp={r.qp}"
+        rows += [
+            ("recode", f"{r.recode} {level}, long side {settings.size}"),
+            ("mean bytes", f"{r.mean_bytes:,.0f} (coded image)"),
+            ("JPEG mean bytes", f"{r.jpeg_mean_bytes:,.0f}"),
+            ("saved vs JPEG", f"{100 * r.saved_vs_jpeg:.1f}%"),
+        ]
+    elif result.rate is not None:
         r = result.rate
         rows += [
             ("channels, bits", f"C={r.channels} n={r.bits}"),
