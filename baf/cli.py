@@ -18,7 +18,7 @@ from baf.errors import BafError
 log = logging.getLogger("baf")
 
 # Subcommand modules under baf.commands, in the order `baf --help` lists them.
-COMMANDS: tuple[str, ...] = ("encode", "info", "decode", "eval", "rank", "train", "stream", "serve")
+COMMANDS: tuple[str, ...] = ("encode", "info", "decode", "eval", "rank", "fit_linear", "train", "stream", "serve")
 
 EXIT_USAGE = 2
 EXIT_SOFTWARE = 70

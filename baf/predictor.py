@@ -1,19 +1,19 @@
-"""The Back-and-Forth predictor (paper section 3.3, Fig. 2) and its checkpoints.
+"""Predictors that restore all P channels of Z from its first C ranked channels, and their checkpoints.
 
-From the first C ranked BN-output channels Z_C of the split layer, the predictor
-1. inverts the frozen BN affine on those channels (back to the conv output),
-2. runs the backward network: four 3x3 convs, PReLU after the first three, none after the last; the first
-   one upsamples by the split conv's stride (conv to hidden*s*s channels, then PixelShuffle), giving X~ [Q],
-3. applies the split layer's own frozen conv + BN to X~ (the forward prediction), giving all P channels Z~,
-4. at inference, clips the transmitted channels into their quantizer bins (eq. 6).
+Three kinds, named in the sidecar and served by the same `restore`:
+- `baf`, the paper's Back-and-Forth predictor (section 3.3, Fig. 2): inverse BN on the C channels, the backward
+  network (four 3x3 convs, PReLU after the first three, none after the last; the first upsamples by the split
+  conv's stride: conv to hidden*s*s channels, then PixelShuffle) giving X~ [Q], then the split layer's own
+  frozen conv + BN (the forward prediction) giving all P channels Z~.
+- `linear`: a k x k convolution from the C dequantized channels straight to all P, fitted in closed form by
+  least squares from streamed normal equations (`fit_linear`; docs/FINDINGS.md: it beats short BaF training).
+- `hybrid`: the linear path plus the BaF branch as a residual (its X~ through the frozen conv and BN scale, no
+  shift); the branch's last conv starts at zero, so training starts from the least-squares predictor.
+At inference the transmitted channels are clipped into their quantizer bins (eq. 6), whatever the kind.
 
 One checkpoint serves several C (nested ranking: C channels are the first C of the order) and several n:
-the input is always `max_channels` wide, zero beyond C, with constant indicator planes (one-hot of C,
-and n/8) so the network knows what it was given.
-
-Warm start (docs/FINDINGS.md, lever 1): optionally, a fixed linear 3x3 path from the transmitted channels to X~
-(one weight per served C, fitted in closed form by least squares) runs beside the nonlinear network, whose
-last conv then starts at zero; training starts from the least-squares predictor and learns its residual.
+the network's input is always `max_channels` wide, zero beyond C, with constant indicator planes (one-hot of
+C, and n/8) so it knows what it was given; the linear path has one weight per served C.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from baf.ops import clamp_to_bins_torch, dequantize_torch
 
 log = logging.getLogger(__name__)
 
-FORMAT = "baf-predictor/1"
+FORMAT = "baf-predictor/2"  # /2: `kind` and `linear_kernel` replaced /1's `linear_skip`
+KINDS: tuple[str, ...] = ("baf", "linear", "hybrid")
 DEFAULT_CHANNELS: tuple[int, ...] = (8, 16, 32, 64, 128)
 DEFAULT_BITS: tuple[int, ...] = tuple(range(2, 9))
 
@@ -58,7 +59,8 @@ class PredictorConfig:
     kernel_size: int
     padding: int
     hidden: int
-    linear_skip: bool
+    kind: str  # one of KINDS
+    linear_kernel: int  # k of the linear path (linear and hybrid kinds)
     activation_slope: float  # the split layer's leaky slope (1.0 for an identity activation)
 
     def __post_init__(self) -> None:
@@ -70,6 +72,20 @@ class PredictorConfig:
             raise ValueError(f"bits: expected values in 1..16, got {self.bits}")
         if self.hidden < 1 or self.stride < 1:
             raise ValueError(f"hidden and stride must be >= 1, got {self.hidden}, {self.stride}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {self.kind!r}")
+        if self.linear_kernel < 1 or self.linear_kernel % 2 == 0:
+            raise ValueError(f"linear_kernel: expected an odd size >= 1, got {self.linear_kernel}")
+
+    @property
+    def has_network(self) -> bool:
+        """True for the kinds with a trainable backward network (baf, hybrid)."""
+        return self.kind != "linear"
+
+    @property
+    def has_linear(self) -> bool:
+        """True for the kinds with a least-squares linear path (linear, hybrid)."""
+        return self.kind != "baf"
 
     @property
     def max_channels(self) -> int:
@@ -129,22 +145,26 @@ class BafPredictor(nn.Module):
         self.register_buffer("bn_std", bn_std.detach().float().clone())
         self.register_buffer("order", torch.tensor(list(order[: c.max_channels]), dtype=torch.long))
         s, h, cmax = c.stride, c.hidden, c.max_channels
-        indicators = len(c.channels) + 1
-        self.net = nn.Sequential(
-            nn.Conv2d(cmax + indicators, h * s * s, 3, padding=1),
-            nn.PixelShuffle(s) if s > 1 else nn.Identity(),
-            nn.PReLU(h),
-            nn.Conv2d(h, h, 3, padding=1),
-            nn.PReLU(h),
-            nn.Conv2d(h, h, 3, padding=1),
-            nn.PReLU(h),
-            nn.Conv2d(h, q, 3, padding=1),
-        )
-        if c.linear_skip:
+        self.net: nn.Sequential | None = None
+        if c.has_network:
+            indicators = len(c.channels) + 1
+            self.net = nn.Sequential(
+                nn.Conv2d(cmax + indicators, h * s * s, 3, padding=1),
+                nn.PixelShuffle(s) if s > 1 else nn.Identity(),
+                nn.PReLU(h),
+                nn.Conv2d(h, h, 3, padding=1),
+                nn.PReLU(h),
+                nn.Conv2d(h, h, 3, padding=1),
+                nn.PReLU(h),
+                nn.Conv2d(h, q, 3, padding=1),
+            )
+        if c.has_linear:
             # Buffers, not parameters: fitted in closed form and kept. Trained per-C slices would only get a
             # gradient when their C is drawn, and Adam's momentum moves them away from the optimum meanwhile.
-            self.register_buffer("skip_weight", torch.zeros(len(c.channels), q * s * s, cmax, 3, 3))
-            self.register_buffer("skip_bias", torch.zeros(len(c.channels), q * s * s))
+            for cc in c.channels:
+                self.register_buffer(f"linear_weight_c{cc}", torch.zeros(p, cc, c.linear_kernel, c.linear_kernel))
+                self.register_buffer(f"linear_bias_c{cc}", torch.zeros(p))
+        if self.net is not None and c.has_linear:
             # The network starts as a zero correction to the (least-squares) linear path.
             nn.init.zeros_(self.net[-1].weight)
             nn.init.zeros_(self.net[-1].bias)
@@ -158,7 +178,8 @@ class BafPredictor(nn.Module):
         channels: Sequence[int] = DEFAULT_CHANNELS,
         bits: Sequence[int] = DEFAULT_BITS,
         hidden: int = 64,
-        linear_skip: bool = True,
+        kind: str = "hybrid",
+        linear_kernel: int = 5,
     ) -> BafPredictor:
         """A fresh predictor for `split` (a `baf.models.split.Split`) and `ranking` (a `baf.ranking.Ranking`)."""
         if (ranking.model, ranking.layer) != (split.model.name, split.layer):
@@ -171,7 +192,7 @@ class BafPredictor(nn.Module):
             channels=tuple(sorted(set(channels))), bits=tuple(sorted(set(bits))),
             out_channels=split.channels, in_channels=split.in_channels, stride=split.stride,
             kernel_size=int(split.conv.kernel_size[0]), padding=int(split.conv.padding[0]),
-            hidden=hidden, linear_skip=linear_skip,
+            hidden=hidden, kind=kind, linear_kernel=linear_kernel,
             activation_slope=float(act.negative_slope) if isinstance(act, nn.LeakyReLU) else 1.0,
         )  # fmt: skip
         scale, shift = split.bn_affine()
@@ -212,12 +233,20 @@ class BafPredictor(nn.Module):
         y = F.conv2d(x, self.conv_weight.to(x.dtype), stride=c.stride, padding=c.padding)
         return y * self.bn_scale.to(y.dtype)[:, None, None] + self.bn_shift.to(y.dtype)[:, None, None]
 
-    def backward_input(self, z: Tensor, bits: int) -> Tensor:
-        """X~ [B,Q,H,W], the predicted input of the split layer, from z [B,C,h,w] (float32, no clamp)."""
-        c = self.config
+    def check_input(self, z: Tensor, bits: int) -> int:
+        """Position of z's C in the served channel counts; ValueError unless (C, n) is served."""
         k = self.channel_index(z.shape[1])
-        if bits not in c.bits:
-            raise ValueError(f"bits: n={bits} is not served; this predictor serves {list(c.bits)}")
+        if bits not in self.config.bits:
+            raise ValueError(f"bits: n={bits} is not served; this predictor serves {list(self.config.bits)}")
+        return k
+
+    def backward_input(self, z: Tensor, bits: int) -> Tensor:
+        """X~ [B,Q,H,W], the backward network's output from z [B,C,h,w] (float32, no clamp): the predicted input
+        of the split layer for `baf`, its correction to the linear path for `hybrid`."""
+        c = self.config
+        if self.net is None:
+            raise ValueError("a linear predictor has no backward network")
+        k = self.check_input(z, bits)
         u = self.inverse_bn(z)
         if u.shape[1] < c.max_channels:
             u = F.pad(u, (0, 0, 0, 0, 0, c.max_channels - u.shape[1]))
@@ -230,17 +259,27 @@ class BafPredictor(nn.Module):
         onehot = torch.zeros(len(c.channels) + 1, dtype=u.dtype, device=u.device)
         onehot[k] = 1
         onehot[-1] = bits / 8
-        x = self.net(torch.cat((v, onehot[None, :, None, None].expand(b, -1, h, w)), 1))
-        if c.linear_skip:
-            # Only the C given channels: the rest of u is zero (same result, less work for small C).
-            cc = z.shape[1]
-            lin = F.conv2d(u[:, :cc], self.skip_weight[k, :, :cc].to(u.dtype), self.skip_bias[k].to(u.dtype), padding=1)
-            x = x + (F.pixel_shuffle(lin, c.stride) if c.stride > 1 else lin)
-        return x
+        return self.net(torch.cat((v, onehot[None, :, None, None].expand(b, -1, h, w)), 1))
+
+    def linear(self, z: Tensor) -> Tensor:
+        """The least-squares path: all P channels [B,P,h,w] from the C dequantized channels z [B,C,h,w]."""
+        cc = z.shape[1]
+        self.channel_index(cc)
+        weight, bias = getattr(self, f"linear_weight_c{cc}"), getattr(self, f"linear_bias_c{cc}")
+        return F.conv2d(z, weight.to(z.dtype), bias.to(z.dtype), padding=self.config.linear_kernel // 2)
 
     def forward(self, z: Tensor, bits: int) -> Tensor:
         """Z~ [B,P,h,w] from the dequantized first C ranked channels z [B,C,h,w]; no clamp (training)."""
-        return self.forward_layer(self.backward_input(z, bits))
+        c = self.config
+        self.check_input(z, bits)
+        if c.kind == "baf":
+            return self.forward_layer(self.backward_input(z, bits))
+        out = self.linear(z)
+        if c.kind == "hybrid":
+            x = self.backward_input(z, bits)
+            y = F.conv2d(x, self.conv_weight.to(x.dtype), stride=c.stride, padding=c.padding)
+            out = out + y * self.bn_scale.to(y.dtype)[:, None, None]
+        return out
 
     def restore(self, q: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
         """Inference: quantized channels q [B,C,h,w] with side info lo/hi [B,C] -> all P channels, Z~ [B,P,h,w].
@@ -255,43 +294,93 @@ class BafPredictor(nn.Module):
         return out
 
 
-@torch.no_grad()
-def fit_linear_skip(predictor: BafPredictor, pairs: Iterable[tuple[Tensor, Tensor]], ridge: float = 1e-4) -> None:
-    """Set the linear path to the least-squares 3x3 map from the first C ranked channels to X, for every C.
+class NormalEquations:
+    """Streamed least-squares statistics for the linear path of every served C at once.
 
-    `pairs` yields (Z [B,P,h,w], X [B,Q,H,W]) batches of training features. Normal equations are
-    accumulated once for the largest C in float64; nested ranking makes each smaller C a sub-problem.
-    `ridge` is relative to the mean diagonal of the Gram matrix (keeps near-collinear features stable).
+    Features are the k x k neighbourhoods of the first `max C` ranked channels (channel-major, as conv weights
+    order them) plus a constant; nested ranking makes each smaller C the leading block of the same system.
     """
-    c = predictor.config
-    if not c.linear_skip:
-        raise ValueError("predictor has no linear path")
-    s, cmax = c.stride, c.max_channels
-    dim = cmax * 9 + 1
-    gram = torch.zeros(dim, dim, dtype=torch.float64)
-    rhs = torch.zeros(dim, c.in_channels * s * s, dtype=torch.float64)
-    for z, x in pairs:
-        u = predictor.inverse_bn(z[:, predictor.order].double())
-        feats = F.unfold(u, 3, padding=1)  # [B, cmax*9, h*w], feature order (channel, ky, kx) as conv weights
-        ones = torch.ones(feats.shape[0], 1, feats.shape[2], dtype=torch.float64)
-        a = torch.cat((feats, ones), 1).transpose(0, 1).reshape(dim, -1)
-        t = x.double()
-        t = F.pixel_unshuffle(t, s) if s > 1 else t
-        t = t.transpose(0, 1).reshape(t.shape[1], -1)
-        gram += a @ a.T
-        rhs += a @ t.T
-    lam = ridge * float(gram.diagonal()[:-1].mean())
-    for k, cc in enumerate(c.channels):
-        keep = torch.cat((torch.arange(cc * 9), torch.tensor([dim - 1])))
-        g = gram[keep][:, keep] + lam * torch.eye(len(keep), dtype=torch.float64)
-        g[-1, -1] -= lam  # no shrinkage on the bias
-        sol = torch.linalg.solve(g, rhs[keep])  # [cc*9 + 1, Q*s*s]
-        weight = torch.zeros(c.in_channels * s * s, cmax * 9, dtype=torch.float64)
-        weight[:, : cc * 9] = sol[:-1].T
-        predictor.skip_weight[k] = weight.reshape(-1, cmax, 3, 3).to(predictor.skip_weight.dtype)
-        predictor.skip_bias[k] = sol[-1].to(predictor.skip_bias.dtype)
-    log.info("linear path fitted by least squares: channels=%s ridge=%g", list(c.channels), ridge)
 
+    def __init__(self, config: PredictorConfig) -> None:
+        """Empty sums for `config` (a predictor with a linear path)."""
+        if not config.has_linear:
+            raise ValueError(f"a {config.kind} predictor has no linear path")
+        self.config = config
+        self.dim = config.max_channels * config.linear_kernel**2 + 1
+        self.gram = torch.zeros(self.dim, self.dim, dtype=torch.float64)
+        self.rhs = torch.zeros(self.dim, config.out_channels, dtype=torch.float64)
+        self.samples = 0
+
+    def add(self, z: Tensor, order: Tensor) -> None:
+        """Add a batch of training features z [B,P,h,w]: inputs are its first max C ranked channels, targets all P.
+
+        Products are formed in float32 per batch (a few thousand positions) and summed in float64.
+        """
+        c = self.config
+        k = c.linear_kernel
+        z = z.float()
+        feats = F.unfold(z[:, order[: c.max_channels]], k, padding=k // 2)  # [B, cmax*k*k, h*w]
+        ones = torch.ones(feats.shape[0], 1, feats.shape[2])
+        a = torch.cat((feats, ones), 1).transpose(0, 1).reshape(self.dim, -1)
+        t = z.transpose(0, 1).reshape(z.shape[1], -1)
+        self.gram += (a @ a.T).double()
+        self.rhs += (a @ t.T).double()
+        self.samples += a.shape[1]
+
+    def solve(self, channels: int, ridge: float) -> tuple[Tensor, Tensor]:
+        """(weight [P,C,k,k], bias [P]) of the least-squares map for C=`channels`.
+
+        `ridge` is relative to the mean diagonal of the Gram matrix (keeps near-collinear features stable);
+        the bias is not shrunk.
+        """
+        if self.samples == 0:
+            raise ValueError("no features added")
+        k2 = self.config.linear_kernel**2
+        keep = torch.cat((torch.arange(channels * k2), torch.tensor([self.dim - 1])))
+        g = self.gram[keep][:, keep]
+        lam = ridge * float(g.diagonal()[:-1].mean())
+        g = g + lam * torch.eye(len(keep), dtype=torch.float64)
+        g[-1, -1] -= lam
+        sol = torch.linalg.solve(g, self.rhs[keep])  # [C*k*k + 1, P]
+        k = self.config.linear_kernel
+        return sol[:-1].T.reshape(-1, channels, k, k).float(), sol[-1].float()
+
+
+@torch.no_grad()
+def fit_linear(predictor: BafPredictor, batches: Iterable[Tensor], ridge: float = 1e-4) -> int:
+    """Set the linear path to the least-squares k x k map from the first C ranked channels to all P, for every C.
+
+    `batches` yields training features Z [B,P,h,w]. Returns the number of positions (samples) used.
+    """
+    eqs = NormalEquations(predictor.config)
+    order = predictor.order.cpu()
+    for z in batches:
+        eqs.add(z.cpu(), order)
+    for cc in predictor.config.channels:
+        weight, bias = eqs.solve(cc, ridge)
+        getattr(predictor, f"linear_weight_c{cc}").copy_(weight)
+        getattr(predictor, f"linear_bias_c{cc}").copy_(bias)
+    log.info("linear path fitted by least squares: channels=%s kernel=%d ridge=%g samples=%d",
+             list(predictor.config.channels), predictor.config.linear_kernel, ridge, eqs.samples)  # fmt: skip
+    return eqs.samples
+
+
+def copy_linear(predictor: BafPredictor, source: BafPredictor) -> None:
+    """Take the linear path of `source` (a fitted linear or hybrid predictor of the same split and served C)."""
+    a, b = predictor.config, source.config
+    if not (a.has_linear and b.has_linear):
+        raise ValueError("both predictors need a linear path")
+    if (a.ranking_id, a.linear_kernel) != (b.ranking_id, b.linear_kernel) or not set(a.channels) <= set(b.channels):
+        raise ValueError(
+            f"linear path of ranking {b.ranking_id}, k={b.linear_kernel}, C {list(b.channels)} does not fit "
+            f"ranking {a.ranking_id}, k={a.linear_kernel}, C {list(a.channels)}"
+        )
+    if predictor.split_digest() != source.split_digest():
+        raise ValueError("the two predictors restore different split layers")
+    with torch.no_grad():
+        for cc in a.channels:
+            for name in (f"linear_weight_c{cc}", f"linear_bias_c{cc}"):
+                getattr(predictor, name).copy_(getattr(source, name))
 
 
 def save_predictor(predictor: BafPredictor, stem: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:

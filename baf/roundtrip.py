@@ -107,7 +107,7 @@ def evaluate_bitstream(
             log.warning("%s changed since it was loaded; its steps are not recorded", predictor_path)
     rate = RateSummary(
         channels=channels, bits=bits, codec=encoder.codec.name, qp=qp, effort=effort,
-        restoration="baf" if predictor is not None else "zeros", mean_bytes=path.mean_bytes,
+        restoration=predictor.config.kind if predictor is not None else "zeros", mean_bytes=path.mean_bytes,
         jpeg_mean_bytes=dataset.mean_file_bytes(),
         predictor=None if predictor_path is None else Path(predictor_path).name,
         predictor_sha256=sha256, predictor_steps=steps,

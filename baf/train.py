@@ -31,7 +31,7 @@ from torch import Tensor
 from baf.errors import BafError, CheckpointError, TrainingDivergedError
 from baf.ops import dequantize_torch, quantize_torch
 from baf.digest import sha256_file
-from baf.predictor import BafPredictor, fit_linear_skip, read_sidecar, save_predictor
+from baf.predictor import BafPredictor, fit_linear, read_sidecar, save_predictor
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     publish_dir: Path | None = None
     command: str = ""
+    feature_layer: int | None = None  # a later layer whose output gets a loss term beside eq. 7
+    feature_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.lr <= 0 or self.heldout < 0:
@@ -168,6 +170,8 @@ class TrainConfig:
             raise BafError(f"--name must be a plain file stem without dots or slashes, got {self.name!r}")
         if self.max_steps is None and self.max_minutes is None:
             raise BafError("give --max-steps or --max-minutes (or both)")
+        if (self.feature_layer is None) != (self.feature_weight == 0) or self.feature_weight < 0:
+            raise BafError("--feature-loss-layer and a positive --feature-loss-weight go together")
 
 
 @dataclass
@@ -219,11 +223,35 @@ def make_inputs(z: Tensor, order: Tensor, channels: int, bits: int) -> Tensor:
     return dequantize_torch(q, lo, hi, bits)
 
 
-def loss_on(predictor: torch.nn.Module, config: Any, order: Tensor, z: Tensor, channels: int, bits: int) -> Tensor:
-    """The training loss of one batch z [B,P,h,w] (float32) at (C, n)."""
+@dataclass(frozen=True)
+class FeatureLoss:
+    """A loss term on a later layer's output: `weight` x Charbonnier between `tail(Z~)` and `tail(Z)`.
+
+    `tail` maps Z to that layer's output (e.g. `CloudModel.features` with the layer bound); its weights are frozen.
+    """
+
+    tail: Any
+    weight: float
+
+
+def loss_on(
+    predictor: torch.nn.Module,
+    config: Any,
+    order: Tensor,
+    z: Tensor,
+    channels: int,
+    bits: int,
+    feature: FeatureLoss | None = None,
+) -> Tensor:
+    """The training loss of one batch z [B,P,h,w] (float32) at (C, n): eq. 7, plus the optional feature term."""
     slope = config.activation_slope
-    pred = predictor(make_inputs(z, order, channels, bits), bits)
-    return charbonnier(F.leaky_relu(pred.float(), slope), F.leaky_relu(z, slope))
+    pred = predictor(make_inputs(z, order, channels, bits), bits).float()
+    loss = charbonnier(F.leaky_relu(pred, slope), F.leaky_relu(z, slope))
+    if feature is not None:
+        with torch.no_grad():
+            target = feature.tail(z)
+        loss = loss + feature.weight * charbonnier(feature.tail(pred), target)
+    return loss
 
 
 @torch.no_grad()
@@ -288,6 +316,7 @@ def save_training(
         "warmup": cfg.warmup,
         "weight_decay": cfg.weight_decay,
         "heldout_images": cfg.heldout,
+        "feature_loss": None if cfg.feature_layer is None else {"layer": cfg.feature_layer, "weight": cfg.feature_weight},
         "loss_curve": state.curve,
         "heldout_curve": state.heldout,
     }
@@ -385,13 +414,18 @@ def fit(
     cache: FeatureCache,
     *,
     resume: bool = False,
+    linear_fitted: bool = False,
+    feature: FeatureLoss | None = None,
     dist_info: Distributed | None = None,
     progress: bool | None = None,
 ) -> TrainState:
     """Train `predictor` on `cache` until max steps or minutes, SIGTERM, or Ctrl-C; checkpoint and return the state.
 
-    A fresh run with a linear path starts from its least-squares fit. Rank 0 writes checkpoints and logs.
+    A fresh hybrid run starts from the least-squares fit of its linear path (fitted here unless `linear_fitted`).
+    `feature` adds the later-layer loss term. Rank 0 writes checkpoints and logs.
     """
+    if not predictor.config.has_network:
+        raise BafError("a linear predictor has nothing to train; fit it with `baf fit-linear`")
     from tqdm import tqdm
 
     d = dist_info or Distributed()
@@ -416,8 +450,8 @@ def fit(
         log.info("resumed=%s step=%d wall_hours=%.3f", stem, state.step, state.wall_seconds / 3600)
     else:
         state = TrainState()
-        if predictor.config.linear_skip:
-            fit_linear_skip(predictor, _ls_batches(cache, n_train))
+        if predictor.config.has_linear and not linear_fitted:
+            fit_linear(predictor, feature_batches(cache, range(n_train), 400))
             predictor.to(d.device)
     model: torch.nn.Module = predictor
     if d.world > 1:
@@ -458,7 +492,7 @@ def fit(
                 idx = batch_indices(cfg, state.step, n_train, d.rank, d.world)
                 z = z_train[idx].to(d.device, non_blocking=True).float()
                 with autocast:
-                    loss = loss_on(model, predictor.config, order, z, channels, bits)
+                    loss = loss_on(model, predictor.config, order, z, channels, bits, feature)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise TrainingDivergedError(
@@ -497,13 +531,11 @@ def fit(
     return state
 
 
-def _ls_batches(
-    cache: FeatureCache, n_train: int, images: int = 400, batch: int = 16
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """(Z, X) float32 batches of up to `images` training images, spread evenly over the training set."""
-    picks = np.linspace(0, n_train - 1, num=min(images, n_train)).round().astype(int)
-    picks = np.unique(picks)
+def feature_batches(cache: FeatureCache, indices: Sequence[int], images: int | None = None,
+                    batch: int = 4) -> Iterator[Tensor]:
+    """Z float32 batches of the cached images at `indices` (up to `images` of them, spread evenly)."""
+    picks = np.asarray(indices)
+    if images is not None and images < len(picks):
+        picks = np.unique(picks[np.linspace(0, len(picks) - 1, num=images).round().astype(int)])
     for i in range(0, len(picks), batch):
-        sel = picks[i : i + batch]
-        yield torch.from_numpy(cache.z[sel].astype(np.float32)), torch.from_numpy(cache.x[sel].astype(np.float32))
-
+        yield torch.from_numpy(cache.z[picks[i : i + batch]].astype(np.float32))

@@ -53,11 +53,15 @@ def resolve_device(name: str) -> Any:
     return torch.device(name)
 
 
+KIND_PREFERENCE = {"hybrid": 2, "linear": 1, "baf": 0}
+
+
 def packaged_checkpoint(model: str, layer: int, ranking_id: str) -> Path:
-    """The packaged predictor checkpoint (sidecar path) for this split and ranking serving the most (C, n)."""
+    """The packaged predictor checkpoint (sidecar path) for this split and ranking serving the most (C, n);
+    among equals a hybrid (trained on top of its least-squares start) before a linear before a plain baf."""
     from baf.predictor import read_sidecar
 
-    candidates: list[tuple[int, str, Path]] = []
+    candidates: list[tuple[int, int, str, Path]] = []
     folder = Path(str(resources.files("baf") / "checkpoints"))
     for side in sorted(folder.glob("*.json")):
         try:
@@ -66,13 +70,14 @@ def packaged_checkpoint(model: str, layer: int, ranking_id: str) -> Path:
             log.warning("skipping packaged checkpoint path=%s reason=%s", side.name, e)
             continue
         if (data.get("model"), data.get("layer"), data.get("ranking_id")) == (model, layer, ranking_id):
-            candidates.append((len(data.get("channels", [])) * len(data.get("bits", [])), side.name, side))
+            served = len(data.get("channels", [])) * len(data.get("bits", []))
+            candidates.append((served, KIND_PREFERENCE.get(str(data.get("kind")), -1), side.name, side))
     if not candidates:
         raise ConfigError(
             f"no packaged predictor checkpoint for {model} layer {layer} ranking {ranking_id} in {folder}; "
             "pass --predictor PATH (BAF_PREDICTOR) or --restoration zeros"
         )
-    return max(candidates, key=lambda c: (c[0], c[1]))[2]
+    return max(candidates, key=lambda c: c[:3])[3]
 
 
 def load_pipeline(cfg: ServerConfig) -> tuple[CloudPipeline, Served]:

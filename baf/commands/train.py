@@ -12,22 +12,9 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
-from baf.argtypes import positive_int
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    """'8,16,32' or '2-8' (inclusive range), or a mix: '2-4,8'."""
-    values: set[int] = set()
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            values.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 8,16,32 or 2-8, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
-    return tuple(sorted(values))
+from baf.argtypes import int_list, positive_int, span_label
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,14 +28,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", type=Path, help="feature cache folder (default: cache/MODEL_lLAYER_sSIZE)")
     p.add_argument("--cache-only", action="store_true", help="fill the cache and stop")
     p.add_argument("--ranking", type=Path, help="ranking file (default: the packaged one for the model and layer)")
-    p.add_argument("--channels", type=_int_list, default=(8, 16, 32, 64, 128),
+    p.add_argument("--channels", type=int_list, default=(8, 16, 32, 64, 128),
                    help="C values served, e.g. 8,16,32,64,128 (default) or 64")
-    p.add_argument("--bits", type=_int_list, default=tuple(range(2, 9)),
+    p.add_argument("--bits", type=int_list, default=tuple(range(2, 9)),
                    help="n values served, e.g. 2-8 (default) or 8")
     p.add_argument("--hidden", type=positive_int, default=64,
                    help="hidden channels of the network (default: %(default)s)")
-    p.add_argument("--no-linear-skip", dest="linear_skip", action="store_false",
-                   help="plain BaF from random init, without the least-squares linear path")
+    p.add_argument("--kind", choices=("hybrid", "baf"), default="hybrid",
+                   help="hybrid: least-squares linear path plus the BaF branch as its residual (default); "
+                   "baf: the paper's predictor from random init")
+    p.add_argument("--linear-kernel", type=positive_int, default=5,
+                   help="k of the hybrid's k x k linear path (default: %(default)s)")
+    p.add_argument("--linear-from", type=Path, metavar="CKPT",
+                   help="start the hybrid's linear path from this `baf fit-linear` checkpoint instead of fitting it")
+    p.add_argument("--feature-loss-layer", type=int, metavar="L",
+                   help="add a loss term on model layer L's output (e.g. 10) beside eq. 7")
+    p.add_argument("--feature-loss-weight", type=float, default=0.0,
+                   help="weight of the --feature-loss-layer term (default: off)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="per process (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=500, help="steps of linear lr warm-up (default: %(default)s)")
@@ -77,21 +73,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _span(values: tuple[int, ...]) -> str:
-    """'8-128' style label of a value list for checkpoint names."""
-    return str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
+def split_and_cache(args: argparse.Namespace, model: str, layer: int) -> tuple[Any, Any, Path]:
+    """(split, feature cache, cache folder) for --images/--size/--cache/--weights: an existing cache is reused,
+    else the edge half fills one. Shared by `baf train` and `baf fit-linear`."""
+    from baf.commands.rank import list_images
+    from baf.errors import BafError
+    from baf.models.zoo import load_split
+    from baf.train import FeatureCache, build_cache
+
+    cache_dir = args.cache or Path("cache") / f"{model}_l{layer}_s{args.size}"
+    split = load_split(model, layer, args.weights)
+    if (cache_dir / "meta.json").is_file() and not getattr(args, "cache_only", False):
+        cache = FeatureCache.open(cache_dir)
+    else:
+        split.model.check_size(args.size)
+        cache = build_cache(split, list_images(args.images), cache_dir, size=args.size)
+    if (cache.meta["model"], cache.meta["layer"], cache.meta["size"]) != (model, layer, args.size):
+        raise BafError(f"{cache_dir} caches {cache.meta['model']} layer {cache.meta['layer']} at {cache.meta['size']}")
+    return split, cache, cache_dir
 
 
 def run(args: argparse.Namespace) -> int:
     """Build or reuse the cache, set up the predictor, train, checkpoint."""
     import torch
 
-    from baf.commands.rank import list_images
     from baf.errors import BafError
-    from baf.models.zoo import get_spec, load_split
+    from baf.models.zoo import get_spec
     from baf.predictor import BafPredictor
     from baf.ranking import find_ranking
-    from baf.train import Distributed, FeatureCache, TrainConfig, build_cache, fit
+    from baf.train import Distributed, TrainConfig, fit
 
     torch.set_num_threads(args.threads)
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
@@ -99,33 +109,50 @@ def run(args: argparse.Namespace) -> int:
         raise BafError("--device cuda: no CUDA device available")
     spec = get_spec(args.model)
     layer = spec.split_layer if args.layer is None else args.layer
-    cache_dir = args.cache or Path("cache") / f"{spec.name}_l{layer}_s{args.size}"
-    if (cache_dir / "meta.json").is_file() and not args.cache_only:
-        cache = FeatureCache.open(cache_dir)
-        split = load_split(spec.name, layer, args.weights)
-    else:
-        split = load_split(spec.name, layer, args.weights)
-        split.model.check_size(args.size)
-        cache = build_cache(split, list_images(args.images), cache_dir, size=args.size)
+    split, cache, cache_dir = split_and_cache(args, spec.name, layer)
     if args.cache_only:
         print(f"{cache_dir}: {len(cache.names)} images, data_id {cache.data_id}")
         return 0
-    if (cache.meta["model"], cache.meta["layer"], cache.meta["size"]) != (spec.name, layer, args.size):
-        raise BafError(f"{cache_dir} caches {cache.meta['model']} layer {cache.meta['layer']} at {cache.meta['size']}")
     ranking = find_ranking(spec.name, layer, args.ranking)
     try:
         predictor = BafPredictor.from_split(split, ranking, channels=args.channels, bits=args.bits,
-                                            hidden=args.hidden, linear_skip=args.linear_skip)
+                                            hidden=args.hidden, kind=args.kind, linear_kernel=args.linear_kernel)
     except ValueError as e:
         raise BafError(str(e)) from None
-    name = args.name or f"{spec.name}_l{layer}_c{_span(args.channels)}_n{_span(args.bits)}_h{args.hidden}"
+    linear_fitted = False
+    if args.linear_from is not None and not args.resume:
+        if args.kind != "hybrid":
+            raise BafError("--linear-from needs --kind hybrid")
+        from baf.predictor import copy_linear, load_predictor
+
+        try:
+            copy_linear(predictor, load_predictor(args.linear_from, model=spec.name, layer=layer))
+        except ValueError as e:
+            raise BafError(f"--linear-from {args.linear_from}: {e}") from None
+        linear_fitted = True
+    feature = None
+    if args.feature_loss_layer is not None:
+        from functools import partial
+
+        from baf.train import FeatureLoss
+
+        try:
+            split.cloud.features(torch.zeros(1, split.channels, 2, 2), args.feature_loss_layer)
+        except ValueError as e:
+            raise BafError(f"--feature-loss-layer: {e}") from None
+        split.cloud.requires_grad_(False)
+        feature = FeatureLoss(partial(split.cloud.features, upto=args.feature_loss_layer), args.feature_loss_weight)
+    channels, bits = span_label(args.channels), span_label(args.bits)
+    name = args.name or f"{spec.name}_l{layer}_{args.kind}_c{channels}_n{bits}_h{args.hidden}"
     cfg = TrainConfig(
         channels=predictor.config.channels, bits=predictor.config.bits, out_dir=args.out_dir, name=name,
         batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay, seed=args.seed,
         max_steps=args.max_steps, max_minutes=args.max_minutes, heldout=args.heldout,
         heldout_every=args.heldout_every, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
         publish_dir=args.publish, command=shlex.join(["baf", *sys.argv[1:]]),
+        feature_layer=args.feature_loss_layer, feature_weight=args.feature_loss_weight,
     )  # fmt: skip
-    state = fit(cfg, predictor, cache, resume=args.resume, dist_info=Distributed.setup(use_cuda))
+    state = fit(cfg, predictor, cache, resume=args.resume, linear_fitted=linear_fitted, feature=feature,
+                dist_info=Distributed.setup(use_cuda))
     print(f"{args.out_dir / name}: {state.step} steps, {state.wall_seconds / 3600:.2f} h")
     return 0

@@ -58,6 +58,19 @@ class CloudModel(nn.Module):
         run_layers(self.layers, self.layer + 1, y, saved, self._reused, heads)
         return heads
 
+    def features(self, z: Tensor, upto: int) -> Tensor:
+        """The output of model layer `upto` (> the split layer, before the first [yolo] head) from Z."""
+        first = self.layer + 1
+        if not first <= upto < first + len(self.layers):
+            raise ValueError(f"layer {upto}: expected a layer after the split ({first}..{first + len(self.layers) - 1})")
+        y = self.act(z)
+        saved = {self.layer: y} if self.layer in self._reused else {}
+        heads: list[Tensor] = []
+        out = run_layers(self.layers[: upto - self.layer], first, y, saved, self._reused, heads)
+        if heads:
+            raise ValueError(f"layer {upto}: past the first detection head; pick an earlier layer")
+        return out
+
 
 @dataclass(frozen=True, eq=False)
 class Split:

@@ -21,7 +21,7 @@ from baf.roundtrip import BitstreamPath
 
 pytestmark = pytest.mark.slow
 
-CHECKPOINT = Path(__file__).resolve().parents[2] / "baf/checkpoints/yolov3-tiny_l8_c8-128_n2-8_h64.json"
+CHECKPOINT = Path(__file__).resolve().parents[2] / "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k5.json"
 LIMIT = 3
 
 
@@ -58,9 +58,9 @@ def test_mean_bytes_are_the_real_bitstreams(runs, name):
 def test_report_names_the_configuration_and_checkpoint(runs):
     report, _ = runs["baf"]
     assert {k: report[k] for k in ("channels", "bits", "codec", "qp", "restoration", "mode")} == {
-        "channels": 64, "bits": 6, "codec": "hevc", "qp": 32, "restoration": "baf", "mode": "baf C=64 n=6 hevc qp=32",
+        "channels": 64, "bits": 6, "codec": "hevc", "qp": 32, "restoration": "linear", "mode": "linear C=64 n=6 hevc qp=32",
     }  # fmt: skip
-    assert len(report["predictor_sha256"]) == 64 and report["predictor_steps"] >= 1
+    assert len(report["predictor_sha256"]) == 64 and report["predictor_steps"] == 0  # fitted in closed form
     assert report["jpeg_mean_bytes"] == runs["lossless"][0]["jpeg_mean_bytes"] > report["mean_bytes"]
     assert runs["lossless"][0]["predictor_sha256"] is None
 

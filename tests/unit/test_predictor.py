@@ -1,4 +1,5 @@
-"""BaF predictor: exact inverse BN, shapes for stride 1 and 2, the eq. 6 clamp, checkpoints and tamper detection."""
+"""Predictors (baf, linear, hybrid): exact inverse BN, shapes for stride 1 and 2, the eq. 6 clamp, the least-squares
+fit, checkpoints and tamper detection."""
 
 import json
 
@@ -12,7 +13,8 @@ from baf.errors import CheckpointError
 from baf.predictor import (
     BafPredictor,
     PredictorConfig,
-    fit_linear_skip,
+    copy_linear,
+    fit_linear,
     load_predictor,
     record_eval,
     save_predictor,
@@ -21,7 +23,7 @@ from baf.predictor import (
 
 
 def make(
-    stride: int = 1, channels=(2, 4), bits=(2, 8), linear_skip: bool = True, seed: int = 0
+    stride: int = 1, channels=(2, 4), bits=(2, 8), kind: str = "hybrid", seed: int = 0, kernel: int = 3
 ) -> tuple[BafPredictor, nn.BatchNorm2d]:
     """A predictor for a random conv (Q=4 -> P=8, 3x3, `stride`) + BN, ranked in reverse channel order."""
     torch.manual_seed(seed)
@@ -36,7 +38,7 @@ def make(
     shift = bn.bias.double() - bn.running_mean.double() * scale
     cfg = PredictorConfig(model="toy", layer=3, ranking_id="0123456789abcdef", channels=channels, bits=bits,
                           out_channels=8, in_channels=4, stride=stride, kernel_size=3, padding=1, hidden=8,
-                          linear_skip=linear_skip, activation_slope=0.1)  # fmt: skip
+                          kind=kind, linear_kernel=kernel, activation_slope=0.1)  # fmt: skip
     std = torch.sqrt(bn.running_var.double() + bn.eps)
     return BafPredictor(cfg, conv.weight, scale, shift, bn.running_mean, std, list(range(7, -1, -1))), bn
 
@@ -59,11 +61,12 @@ def test_forward_layer_is_the_frozen_conv_and_bn():
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("linear_skip", [True, False])
-def test_output_shapes(stride, linear_skip):
-    predictor, _ = make(stride, linear_skip=linear_skip)
+@pytest.mark.parametrize("kind", ["baf", "linear", "hybrid"])
+def test_output_shapes(stride, kind):
+    predictor, _ = make(stride, kind=kind)
     z = torch.randn(3, 2, 5, 5)
-    assert predictor.backward_input(z, 8).shape == (3, 4, 5 * stride, 5 * stride)
+    if kind != "linear":
+        assert predictor.backward_input(z, 8).shape == (3, 4, 5 * stride, 5 * stride)
     assert predictor(z, 2).shape == (3, 8, 5, 5)
     assert predictor(torch.randn(3, 4, 5, 5), 8).shape == (3, 8, 5, 5)
 
@@ -78,7 +81,7 @@ def test_unserved_channels_or_bits_rejected():
 
 @pytest.mark.parametrize("bits", [2, 8])
 def test_restore_clamps_transmitted_channels_into_their_bins(bits):
-    predictor, _ = make(bits=(bits,))
+    predictor, _ = make(bits=(bits,), kind="baf")
     with torch.no_grad():
         for p in predictor.net.parameters():
             p.normal_()  # a poor prediction, so the clamp has work to do
@@ -100,20 +103,42 @@ def test_restore_clamps_transmitted_channels_into_their_bins(bits):
     torch.testing.assert_close(out[:, others], raw[:, others])
 
 
-def test_least_squares_path_recovers_a_linear_inverse():
-    # X is an exact linear 1x1 function of the first 4 ranked channels' conv outputs: LS must find it.
-    predictor, _ = make(channels=(4,))
+def test_least_squares_fit_recovers_a_linear_map_for_every_c():
+    # The non-ranked channels are an exact 3x3 linear function of the first 2 ranked ones: LS must find it for
+    # C=2 and (nested) for C=4 from one pass of normal equations.
+    predictor, _ = make(kind="linear")
     g = torch.Generator().manual_seed(3)
-    mix = torch.randn(4, 4, generator=g)
-    x = torch.randn(16, 4, 6, 6, generator=g)
-    u = torch.einsum("qc,bchw->bqhw", mix, x)  # conv outputs of the first 4 ranked channels
+    idx = predictor.order
+    rest = [p for p in range(8) if p not in idx[:2].tolist()]
     z = torch.zeros(16, 8, 6, 6)
-    idx = predictor.order[:4]
-    z[:, idx] = (u * predictor.bn_scale[idx].float()[:, None, None] + predictor.bn_shift[idx].float()[:, None, None])
-    fit_linear_skip(predictor, [(z[:8], x[:8]), (z[8:], x[8:])], ridge=1e-9)
+    z[:, idx[:2]] = torch.randn(16, 2, 6, 6, generator=g)
+    mix = torch.randn(6, 2, 3, 3, generator=g)
+    z[:, rest] = torch.nn.functional.conv2d(z[:, idx[:2]], mix, torch.randn(6, generator=g), padding=1)
+    samples = fit_linear(predictor, [z[:8], z[8:]], ridge=1e-9)
+    assert samples == 16 * 36
     with torch.no_grad():
-        x_hat = predictor.backward_input(z[:, idx], 8)
-    torch.testing.assert_close(x_hat, x, rtol=1e-3, atol=1e-3)
+        for c in (2, 4):
+            torch.testing.assert_close(predictor(z[:, idx[:c]], 8), z, rtol=1e-3, atol=1e-3)
+
+
+def test_hybrid_starts_as_its_linear_path_and_baf_has_none():
+    linear, _ = make(kind="linear")
+    fit_linear(linear, [torch.randn(8, 8, 6, 6)])
+    hybrid, _ = make(kind="hybrid")
+    copy_linear(hybrid, linear)
+    z = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(hybrid(z, 8), linear(z, 8))
+        hybrid.net[-1].bias.add_(1)  # a nonzero residual now changes the output
+        assert not torch.allclose(hybrid(z, 8), linear(z, 8))
+    assert list(linear.parameters()) == []
+    baf, _ = make(kind="baf")
+    with pytest.raises(ValueError, match="no linear path"):
+        fit_linear(baf, [torch.randn(2, 8, 6, 6)])
+    with pytest.raises(ValueError, match="k=5"):
+        copy_linear(make(kind="hybrid", kernel=5)[0], linear)
+    with pytest.raises(ValueError, match="kind"):
+        make(kind="cubic")
 
 
 def test_checkpoint_round_trip(tmp_path):

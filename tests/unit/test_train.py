@@ -14,7 +14,19 @@ from hypothesis.extra.numpy import arrays
 from baf import ops
 from baf.errors import BafError, CheckpointError, TrainingDivergedError
 from baf.predictor import load_predictor
-from baf.train import CACHE_FORMAT, FeatureCache, TrainConfig, batch_indices, data_id, draw_step, fit
+from baf.train import (
+    CACHE_FORMAT,
+    FeatureCache,
+    FeatureLoss,
+    TrainConfig,
+    batch_indices,
+    charbonnier,
+    data_id,
+    draw_step,
+    fit,
+    loss_on,
+    make_inputs,
+)
 from tests.unit.test_predictor import make
 
 
@@ -53,8 +65,8 @@ def config(out: Path, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def run(tmp_path: Path, sub: str, cache: FeatureCache, resume: bool = False, linear_skip: bool = True, **kw):
-    predictor, _ = make(linear_skip=linear_skip)
+def run(tmp_path: Path, sub: str, cache: FeatureCache, resume: bool = False, kind: str = "hybrid", **kw):
+    predictor, _ = make(kind=kind)
     state = fit(config(tmp_path / sub, **kw), predictor, cache, resume=resume, progress=False)
     return predictor, state
 
@@ -80,7 +92,7 @@ def test_seeded_run_is_deterministic(tmp_path):
 
 def test_loss_decreases(tmp_path):
     cache = toy_cache(tmp_path / "cache")
-    _, state = run(tmp_path, "a", cache, linear_skip=False, max_steps=20, channels=(4,), bits=(8,))
+    _, state = run(tmp_path, "a", cache, kind="baf", max_steps=20, channels=(4,), bits=(8,))
     losses = [loss for _, loss in state.curve]
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
     assert [h["step"] for h in state.heldout] == [5, 10, 15, 20]
@@ -118,20 +130,36 @@ def test_non_finite_loss_raises(tmp_path):
     cache = toy_cache(tmp_path / "cache")
     predictor, _ = make()
     with torch.no_grad():
-        predictor.skip_bias.fill_(float("inf"))
-    cfg = config(tmp_path / "bad")
+        predictor.linear_bias_c2.fill_(float("inf"))
+        predictor.linear_bias_c4.fill_(float("inf"))
     with pytest.raises(TrainingDivergedError, match="step 0"):
-        _diverge(cfg, predictor, cache)
+        # linear_fitted: keep the poisoned path (a least-squares fit would repair it)
+        fit(config(tmp_path / "bad"), predictor, cache, linear_fitted=True, progress=False)
 
 
-def _diverge(cfg, predictor, cache):
-    # Skip the least-squares fit (it would repair the bias) by resuming from a saved poisoned state.
-    from baf.train import TrainState, save_training
+def test_linear_kind_has_nothing_to_train(tmp_path):
+    cache = toy_cache(tmp_path / "cache")
+    with pytest.raises(BafError, match="fit-linear"):
+        run(tmp_path, "lin", cache, kind="linear")
 
-    opt = torch.optim.AdamW(predictor.parameters(), lr=cfg.lr)
-    cfg.out_dir.mkdir(parents=True)
-    save_training(cfg.out_dir / cfg.name, predictor, opt, cfg, TrainState(), cache.data_id)
-    return fit(cfg, predictor, cache, resume=True, progress=False)
+
+def test_feature_loss_term_is_added_and_recorded(tmp_path):
+    predictor, _ = make(kind="baf")
+    z = torch.randn(4, 8, 6, 6)
+    tail = torch.nn.Conv2d(8, 3, 3, padding=1).requires_grad_(False)
+    torch.manual_seed(0)
+    plain = loss_on(predictor, predictor.config, predictor.order, z, 4, 8)
+    with_term = loss_on(predictor, predictor.config, predictor.order, z, 4, 8, FeatureLoss(tail, 0.5))
+    pred = predictor(make_inputs(z, predictor.order, 4, 8), 8)
+    expected = plain + 0.5 * charbonnier(tail(pred), tail(z))
+    torch.testing.assert_close(with_term, expected)
+    cache = toy_cache(tmp_path / "cache")
+    cfg = config(tmp_path / "feat", feature_layer=10, feature_weight=0.5)
+    fit(cfg, make()[0], cache, feature=FeatureLoss(tail, 0.5), progress=False)
+    side = json.loads((tmp_path / "feat" / "toy.json").read_text())
+    assert side["train"]["feature_loss"] == {"layer": 10, "weight": 0.5}
+    with pytest.raises(BafError, match="go together"):
+        config(tmp_path, feature_layer=10)
 
 
 def test_config_and_cache_errors(tmp_path):

@@ -1,0 +1,89 @@
+"""`baf fit-linear`: the `linear` predictor, a k x k least-squares conv from the C ranked channels to all P.
+
+Normal equations are streamed over the cached training features (the cache `baf train` fills) once for the
+largest C; every smaller C is a leading block of the same system (nested ranking), so one pass fits them all.
+The last --heldout cached images are left out, as in `baf train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from baf.argtypes import int_list, positive_int, span_label
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `fit-linear` subcommand to `sub`."""
+    p = sub.add_parser("fit-linear", help="fit the least-squares linear predictor in closed form",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="yolov3-tiny", help="yolov3-tiny (default) or yolov3")
+    p.add_argument("--layer", type=int, help="split layer (default: the model's)")
+    p.add_argument("--images", type=Path, required=True, help="folder of training images (never the evaluation set)")
+    p.add_argument("--size", type=positive_int, default=512, help="input size (default: %(default)s)")
+    p.add_argument("--cache", type=Path, help="feature cache folder (default: cache/MODEL_lLAYER_sSIZE)")
+    p.add_argument("--ranking", type=Path, help="ranking file (default: the packaged one for the model and layer)")
+    p.add_argument("--channels", type=int_list, default=(8, 16, 32, 64, 128),
+                   help="C values served, e.g. 8,16,32,64,128 (default) or 64")
+    p.add_argument("--bits", type=int_list, default=tuple(range(2, 9)),
+                   help="n values served (the fit does not depend on n; default: 2-8)")
+    p.add_argument("--kernel", type=positive_int, default=5, help="odd k of the k x k conv (default: %(default)s)")
+    p.add_argument("--ridge", type=float, default=1e-4,
+                   help="ridge, relative to the mean Gram diagonal (default: %(default)s)")
+    p.add_argument("--max-images", type=positive_int,
+                   help="use at most this many training images, spread evenly (default: all)")
+    p.add_argument("--heldout", type=int, default=100, help="last N cached images left out (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="checkpoint stem (default: baf/checkpoints/MODEL_lLAYER_linear_cC_kK)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--weights", type=Path, default=os.environ.get("BAF_WEIGHTS"),
+                   help="darknet .weights file (env BAF_WEIGHTS; default: the model's own)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build or reuse the feature cache, stream the normal equations, solve, write the checkpoint."""
+    import torch
+
+    from baf.commands.train import split_and_cache
+    from baf.errors import BafError
+    from baf.models.zoo import get_spec
+    from baf.predictor import BafPredictor, fit_linear, save_predictor
+    from baf.ranking import find_ranking
+    from baf.train import feature_batches, heldout_loss
+
+    torch.set_num_threads(args.threads)
+    if args.ridge < 0:
+        raise BafError(f"--ridge must be >= 0, got {args.ridge}")
+    if args.kernel % 2 == 0:
+        raise BafError(f"--kernel must be odd (the conv keeps the map size), got {args.kernel}")
+    spec = get_spec(args.model)
+    layer = spec.split_layer if args.layer is None else args.layer
+    split, cache, _ = split_and_cache(args, spec.name, layer)
+    n_train = len(cache.names) - args.heldout
+    if args.heldout < 0 or n_train < 1:
+        raise BafError(f"--heldout {args.heldout} leaves no training images out of {len(cache.names)}")
+    ranking = find_ranking(spec.name, layer, args.ranking)
+    try:
+        predictor = BafPredictor.from_split(split, ranking, channels=args.channels, bits=args.bits,
+                                            kind="linear", linear_kernel=args.kernel)
+    except ValueError as e:
+        raise BafError(str(e)) from None
+    start = time.monotonic()
+    samples = fit_linear(predictor, feature_batches(cache, range(n_train), args.max_images), ridge=args.ridge)
+    seconds = time.monotonic() - start
+    held = heldout_loss(predictor, torch.from_numpy(cache.z[n_train:].astype("float32")), torch.device("cpu"))
+    stem = args.out or Path("baf/checkpoints") / f"{spec.name}_l{layer}_linear_c{span_label(args.channels)}_k{args.kernel}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    extra = {"train": {
+        "data_id": cache.data_id, "command": shlex.join(["baf", *sys.argv[1:]]), "images": min(n_train, args.max_images or n_train),
+        "samples": samples, "ridge": args.ridge, "wall_hours": round(seconds / 3600, 4), "steps": 0,
+        "heldout_images": args.heldout, "heldout_curve": [{"step": 0, **held}],
+    }}  # fmt: skip
+    weights = save_predictor(predictor, stem, extra)
+    per = ", ".join(f"C={c}: {v:.4f}" for c, v in held["per_channels"].items())
+    print(f"{weights}: k={args.kernel}, {samples:,} positions in {seconds:.0f} s; held-out loss {per}")
+    return 0
