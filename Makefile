@@ -41,13 +41,12 @@ bench: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m client.demo --frames 100 --out-dir runs/demo
 
-# The paper's experiments on val164 (Fig. 3, Fig. 4, BD-rates, savings vs JPEG, one-for-all vs dedicated) into
+# The paper's experiments on val164 (Fig. 3, Fig. 4, BD-rates, savings vs JPEG) and the frontier against recoded images into
 # results/; finished configurations are cached in results/evals/ (EXPERIMENTS_FLAGS=--force reruns them).
 DATA ?= ../shared/data/coco-val164
 experiments: $(STAMP)
 	$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install -q "matplotlib>=3.7"
-	$(BIN)/python bench/experiments.py --data $(DATA) \
-		--compare baf/checkpoints/yolov3-tiny_l8_c64_n8_h64.json $(EXPERIMENTS_FLAGS)
+	$(BIN)/python bench/experiments.py --data $(DATA) $(EXPERIMENTS_FLAGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info baf/_native*.so

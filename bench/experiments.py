@@ -11,13 +11,16 @@ them). After each configuration the tables and plots are rebuilt from the cache:
 - bd_rate.json: Bjøntegaard delta rate (log rate cubic in AP50) of each curve against all-channels HEVC.
 - savings.json: the fewest bytes within 1 and 2 AP50 points of the unsplit model, vs the source JPEGs.
 - one_for_all_vs_dedicated.json: the predictor and each --compare checkpoint at C=64 n=8.
+- frontier.{json,csv,png} (issue 9): AP50 vs mean bytes of every feature configuration (C 32-128, n 2-8,
+  lossless JPEG XL or HEVC) and of what a user would send instead, evaluated with the unsplit model: the image
+  scaled to 512 and recoded as JPEG (quality sweep) or HEVC intra (QP sweep). For AP50 losses of at most 1, 2
+  and 3 points, the fewest bytes and the configuration; BD-rate of the feature Pareto front against each.
 - summary.md: the same as markdown tables.
 
 The predictor checkpoint is copied to runs/experiments/predictor/ first, so a training run republishing it
 cannot change the weights halfway; every result records the sha256 and training steps it used.
 Run: `make experiments` or `python bench/experiments.py --data DIR [--compare CKPT ...] [--force] [--only TEXT]`.
-`make experiments` compares with the dedicated C=64 n=8 checkpoint; the committed comparison also passed the
-one-for-all checkpoint as committed at 1,000 steps (`git show d19ba00:baf/checkpoints/...`, copied to runs/).
+The main predictor is the shipped linear one-for-all checkpoint; pass others with --compare.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from baf.rate import bd_rate
 log = logging.getLogger("experiments")
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_PREDICTOR = REPO / "baf/checkpoints/yolov3-tiny_l8_c8-128_n2-8_h64.json"
+DEFAULT_PREDICTOR = REPO / "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k5.json"
 MODEL = "yolov3-tiny"
 FIG3_CHANNELS = (8, 16, 32, 64, 128)
 FIG4_CHANNELS = 64
@@ -51,11 +54,17 @@ ALL_CHANNELS_QPS = (22, 27, 32, 37, 42, 47, 51)
 LOSS_POINTS = (1.0, 2.0)
 PREDICTOR_KEYS = ("predictor", "predictor_sha256", "predictor_steps")
 ALL_CHANNELS_CURVE = "all channels, n=8, HEVC [4]"
+FRONTIER_LOSS_POINTS = (1.0, 2.0, 3.0)
+JPEG_QUALITIES = (10, 20, 35, 50, 75, 90)
+RECODE_HEVC_QPS = (27, 32, 37, 42, 47)
+FEATURES_CURVE = "features (Pareto front of every C, n, codec)"
+RECODE_CURVES = {"jpeg": "image recoded as JPEG", "hevc": "image recoded as HEVC intra"}
 
 
 @dataclass(frozen=True)
 class Config:
-    """One evaluation: `kind` is baseline (unsplit), baf (C channels restored by a predictor) or all (P channels).
+    """One evaluation: `kind` is baseline (unsplit), baf (C channels restored by a predictor), all (P channels)
+    or recode (the image itself, scaled to the model size and coded with `codec` jpeg at `quality` or hevc at `qp`).
 
     `predictor` names a --compare checkpoint; None means the main predictor.
     """
@@ -66,12 +75,15 @@ class Config:
     codec: str | None = None
     qp: int | None = None
     predictor: Path | None = None
+    quality: int | None = None
 
     @property
     def name(self) -> str:
-        """The cache file's stem, e.g. baf_c64_n6_hevc_qp27."""
+        """The cache file's stem, e.g. baf_c64_n6_hevc_qp27 or recode_jpeg_q50."""
         if self.kind == "baseline":
             return "baseline"
+        if self.kind == "recode":
+            return f"recode_{self.codec}_" + (f"q{self.quality}" if self.codec == "jpeg" else f"qp{self.qp}")
         parts = [self.kind] + ([] if self.kind == "all" else [f"c{self.channels}"])
         parts += [f"n{self.bits}", str(self.codec)] + ([] if self.qp is None else [f"qp{self.qp}"])
         if self.predictor is not None:
@@ -94,6 +106,18 @@ def plan(compare: Sequence[Path] = ()) -> list[Config]:
     configs += [Config("baf", c64, n, "jxl") for n in (3, 5, 7)]
     configs += [Config("all", None, 8, "hevc", qp) for qp in (22, 32)]
     configs += [Config("baf", c64, n, "hevc", qp) for n in (6, 8) for qp in (22, 32)]
+    return configs + frontier_plan()
+
+
+def frontier_plan() -> list[Config]:
+    """The image-recoding baselines and the feature configurations the frontier adds to the paper's set."""
+    configs = [Config("recode", codec="jpeg", quality=q) for q in JPEG_QUALITIES]
+    configs += [Config("recode", codec="hevc", qp=qp) for qp in RECODE_HEVC_QPS]
+    configs += [Config("baf", 128, n, "jxl") for n in (4, 2, 6, 3)]
+    configs += [Config("baf", 128, 8, "hevc", qp) for qp in (32, 37, 42, 47)]
+    configs += [Config("baf", 128, 6, "hevc", qp) for qp in (37, 42)]
+    configs += [Config("baf", 64, 8, "hevc", qp) for qp in (42, 47)]
+    configs += [Config("baf", 32, n, "jxl") for n in (4, 2)] + [Config("baf", 32, 8, "hevc", 37)]
     return configs
 
 
@@ -136,6 +160,11 @@ def run_config(config: Config, context: dict[str, Any]) -> dict[str, Any]:
     split, dataset, spec = context["split"], context["dataset"], context["spec"]
     if config.kind == "baseline":
         return evaluate(split.model, dataset, spec.category_ids, progress=False).to_json()
+    if config.kind == "recode":
+        from baf.recode import Recoder, evaluate_recoded
+
+        recoder = Recoder(str(config.codec), quality=config.quality, qp=config.qp)
+        return evaluate_recoded(split.model, dataset, spec.category_ids, recoder, progress=False).to_json()
     predictor = context["predictors"][config.predictor] if config.kind == "baf" else None
     channels = split.channels if config.kind == "all" else config.channels
     result = evaluate_bitstream(
@@ -159,7 +188,7 @@ def build_tables(reports: dict[str, dict[str, Any]], compare: Sequence[Path] = (
     Missing configurations are listed under "missing"; the tables hold what is there.
     """
     base = reports.get("baseline")
-    main = next((r for r in reports.values() if r.get("restoration") == "baf" and "compare" not in r["mode"]), None)
+    main = next((r for r in reports.values() if r.get("predictor") and r["mode"].startswith("baf_")), None)
     jpeg = next((r["jpeg_mean_bytes"] for r in reports.values() if "jpeg_mean_bytes" in r), None)
     tables: dict[str, Any] = {
         "model": MODEL,
@@ -200,7 +229,54 @@ def build_tables(reports: dict[str, dict[str, Any]], compare: Sequence[Path] = (
                                     "points": len(points), "reference_points": len(reference)}
     tables["savings"] = savings(reports, base)
     tables["comparison"] = comparison(reports, compare)
+    tables["frontier"] = frontier(reports, base)
     return tables
+
+
+def pareto(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points no other point beats with fewer (or equal) bytes and a higher AP50, by bytes."""
+    front: list[dict[str, Any]] = []
+    for p in sorted(points, key=lambda p: (p["mean_bytes"], -p["AP50"])):
+        if not front or p["AP50"] > front[-1]["AP50"]:
+            front.append(p)
+    return front
+
+
+def frontier(reports: dict[str, dict[str, Any]], base: dict[str, Any] | None) -> dict[str, Any]:
+    """Every feature and recoding point, the fewest bytes within 1/2/3 AP50 points, BD-rates of the feature front."""
+    feature = [_point(r) for r in reports.values() if r.get("mean_bytes") is not None
+               and r["mode"].startswith(("baf_", "all_"))]
+    recoded = {coder: sorted((_recode_point(r) for r in reports.values() if r.get("recode") == coder),
+                             key=lambda p: p["mean_bytes"]) for coder in RECODE_CURVES}
+    front = pareto(feature)
+    methods = {FEATURES_CURVE: feature, **{RECODE_CURVES[c]: pts for c, pts in recoded.items()}}
+    within: list[dict[str, Any]] = []
+    for method, points in methods.items():
+        for loss in FRONTIER_LOSS_POINTS:
+            row: dict[str, Any] = {"method": method, "max_loss_points": loss}
+            ok = [p for p in points if base is not None and 100 * (base["AP50"] - p["AP50"]) <= loss]
+            if ok:
+                best = min(ok, key=lambda p: p["mean_bytes"])
+                row.update(reached=True, **best, loss_points=100 * (base["AP50"] - best["AP50"]))
+            else:
+                row.update(reached=False)
+            within.append(row)
+    bd: dict[str, Any] = {}
+    for coder, points in recoded.items():
+        usable = len(points) >= 2 and len(front) >= 2
+        ref = [(p["mean_bytes"], p["AP50"]) for p in pareto(points)]
+        value = bd_rate(ref, [(p["mean_bytes"], p["AP50"]) for p in front]) if usable and len(ref) >= 2 else None
+        bd[RECODE_CURVES[coder]] = {"curve": FEATURES_CURVE, "bd_rate": value, "points": len(front),
+                                    "reference_points": len(ref),
+                                    "note": None if value is not None else "no common AP50 range or too few points"}
+    return {"unsplit_AP50": None if base is None else base["AP50"], "features": feature, "front": front,
+            "recoded": recoded, "within": within, "bd_rate": bd}
+
+
+def _recode_point(report: dict[str, Any]) -> dict[str, Any]:
+    """The fields a frontier row needs from a recoding report."""
+    keys = ("recode", "quality", "qp", "mean_bytes", "saved_vs_jpeg", "AP", "AP50")
+    return {"config": report["mode"], **{k: report.get(k) for k in keys}}
 
 
 def savings(reports: dict[str, dict[str, Any]], base: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -302,9 +378,34 @@ def summary_markdown(tables: dict[str, Any]) -> str:
                   "| checkpoint | serves | steps | sha256 | AP | AP50 |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['checkpoint']} | {_served(r['served'])} | {r['steps']} | {r['sha256'][:16]} | "
                   f"{_fmt(r['AP'])} | {_fmt(r['AP50'])} |" for r in tables["comparison"]]
+    lines += frontier_markdown(tables["frontier"])
     if tables["missing"]:
         lines += ["", f"Not run yet: {', '.join(tables['missing'])}."]
     return "\n".join(lines) + "\n"
+
+
+def frontier_markdown(front: dict[str, Any]) -> list[str]:
+    """The frontier's tables: fewest bytes within 1/2/3 AP50 points per method, BD-rates, the feature front."""
+    lines = ["", "Rate-accuracy frontier: features vs the image itself recoded (unsplit model on the decoded image):",
+             "", "| method | max loss | config | mean bytes | saved vs JPEG | loss (points) |", "|---|---|---|---|---|---|"]
+    for r in front["within"]:
+        if r["reached"]:
+            lines.append(f"| {r['method']} | {r['max_loss_points']:g} | {r['config']} | {_fmt(r['mean_bytes'])} | "
+                         f"{100 * r['saved_vs_jpeg']:.1f}% | {r['loss_points']:.2f} |")
+        else:
+            lines.append(f"| {r['method']} | {r['max_loss_points']:g} | not reached | - | - | - |")
+    lines += ["", "BD-rate of the feature Pareto front against the recoded image (negative: fewer bytes at equal AP50):",
+              "", "| reference | BD-rate | points (front / reference) | note |", "|---|---|---|---|"]
+    for label, r in front["bd_rate"].items():
+        value = "-" if r["bd_rate"] is None else f"{100 * r['bd_rate']:+.1f}%"
+        lines.append(f"| {label} | {value} | {r['points']} / {r['reference_points']} | {r['note'] or ''} |")
+    lines += ["", "Every point (AP50 and mean bytes per image):", "", "| config | mean bytes | AP50 | on the front |",
+              "|---|---|---|---|"]
+    on_front = {p["config"] for p in front["front"]}
+    rows = front["features"] + [p for pts in front["recoded"].values() for p in pts]
+    lines += [f"| {p['config']} | {_fmt(p['mean_bytes'])} | {_fmt(p['AP50'])} | "
+              f"{'yes' if p['config'] in on_front else ''} |" for p in sorted(rows, key=lambda p: p["mean_bytes"])]
+    return lines
 
 
 def _write_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -326,14 +427,23 @@ def write_results(folder: Path, tables: dict[str, Any], plots: bool = True) -> l
         ("bd_rate", {**common, "bd_rate": tables["bd_rate"]}),
         ("savings", {**common, "savings": tables["savings"]}),
         ("one_for_all_vs_dedicated", {**common, "rows": tables["comparison"]}),
+        ("frontier", {**common, **tables["frontier"]}),
     ):
         path = folder / f"{name}.json"
         path.write_text(json.dumps({**data, "missing": tables["missing"]}, indent=2) + "\n")
         written.append(path)
     _write_csv(folder / "fig3.csv", tables["fig3"])
     _write_csv(folder / "fig4.csv", ({"curve": label, **p} for label, pts in tables["fig4"].items() for p in pts))
+    front = tables["frontier"]
+    on_front = {p["config"] for p in front["front"]}
+    keys = ("config", "mean_bytes", "saved_vs_jpeg", "AP", "AP50")
+    rows = [{"method": "features", **{k: p[k] for k in keys}, "on_front": p["config"] in on_front}
+            for p in front["features"]]
+    rows += [{"method": RECODE_CURVES[coder], **{k: p[k] for k in keys}, "on_front": False}
+             for coder, points in front["recoded"].items() for p in points]
+    _write_csv(folder / "frontier.csv", rows)
     (folder / "summary.md").write_text(summary_markdown(tables))
-    written += [folder / "fig3.csv", folder / "fig4.csv", folder / "summary.md"]
+    written += [folder / "fig3.csv", folder / "fig4.csv", folder / "frontier.csv", folder / "summary.md"]
     if plots:
         written += plot(folder, tables)
     return written
@@ -384,7 +494,42 @@ def plot(folder: Path, tables: dict[str, Any]) -> list[Path]:
     fig.tight_layout()
     fig.savefig(folder / "fig4.png", dpi=120)
     plt.close(fig)
-    return [folder / "fig3.png", folder / "fig4.png"]
+    plot_frontier(folder / "frontier.png", tables)
+    return [folder / "fig3.png", folder / "fig4.png", folder / "frontier.png"]
+
+
+def plot_frontier(path: Path, tables: dict[str, Any]) -> None:
+    """frontier.png: every feature configuration (by C), its Pareto front, and the recoded-image curves."""
+    import matplotlib.pyplot as plt
+
+    front, unsplit = tables["frontier"], tables["unsplit"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for p in front["features"]:
+        groups.setdefault("all channels" if p["config"].startswith("all_") else f"C={p['channels']}", []).append(p)
+    for label, points in sorted(groups.items()):
+        ax.scatter([p["mean_bytes"] / 1000 for p in points], [p["AP50"] for p in points], s=18, label=label)
+    if front["front"]:
+        ax.plot([p["mean_bytes"] / 1000 for p in front["front"]], [p["AP50"] for p in front["front"]], "k-", lw=1.5,
+                label=FEATURES_CURVE)
+    for coder, points in front["recoded"].items():
+        if points:
+            ax.plot([p["mean_bytes"] / 1000 for p in points], [p["AP50"] for p in points], "s--", ms=4,
+                    label=RECODE_CURVES[coder])
+    if unsplit:
+        ax.axhline(unsplit["AP50"], color="red", ls="--", lw=1, label="unsplit AP50")
+        for loss in FRONTIER_LOSS_POINTS:
+            ax.axhline(unsplit["AP50"] - loss / 100, color="gray", ls=":", lw=1)
+    if front["features"] or any(front["recoded"].values()):
+        ax.set_xscale("log")
+    ax.set(xlabel="mean bytes per image (kB)", ylabel="AP50",
+           title="yolov3-tiny, val164: features vs recoded images (dotted: -1, -2, -3 points)")
+    ax.set_ylim(bottom=max(0.0, (unsplit or {"AP50": 0.45})["AP50"] - 0.12))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

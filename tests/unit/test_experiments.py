@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench.experiments import ALL_CHANNELS_CURVE, Config, build_tables, plan, write_results
+from bench.experiments import ALL_CHANNELS_CURVE, FEATURES_CURVE, RECODE_CURVES, Config, build_tables, pareto, plan, write_results
 
 JPEG = 150_000.0
 SHA = "ab" * 32
@@ -76,5 +76,34 @@ def test_writer_writes_tables_that_agree_with_the_reports(reports, tmp_path):
 
 def test_plots_are_written(reports, tmp_path):
     written = write_results(tmp_path, build_tables(reports))
-    for name in ("fig3.png", "fig4.png"):
+    for name in ("fig3.png", "fig4.png", "frontier.png"):
         assert tmp_path / name in written and (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pareto_keeps_only_points_no_cheaper_point_beats():
+    pts = [{"config": k, "mean_bytes": b, "AP50": a} for k, b, a in
+           (("a", 10, 0.30), ("b", 20, 0.25), ("c", 30, 0.40), ("d", 30, 0.35), ("e", 40, 0.40))]
+    assert [p["config"] for p in pareto(pts)] == ["a", "c"]
+
+
+def test_frontier_compares_features_with_recoded_images(reports, tmp_path):
+    for q, ap50, size in ((20, 0.41, 12_000.0), (50, 0.425, 22_000.0), (90, 0.437, 60_000.0)):
+        config = Config("recode", codec="jpeg", quality=q)
+        reports[config.name] = {"mode": f"recode jpeg q={q}", "images": 164, "AP": ap50 / 2, "AP50": ap50,
+                                "recode": "jpeg", "quality": q, "qp": None, "mean_bytes": size,
+                                "jpeg_mean_bytes": JPEG, "saved_vs_jpeg": 1 - size / JPEG}
+    front = build_tables(reports)["frontier"]
+    within = {(r["method"], r["max_loss_points"]): r for r in front["within"]}
+    jpeg = RECODE_CURVES["jpeg"]
+    assert within[jpeg, 1.0]["config"] == "recode jpeg q=90"  # q=50 loses 1.5 points
+    assert within[jpeg, 2.0]["config"] == "recode jpeg q=50"
+    assert within[FEATURES_CURVE, 2.0]["config"] == "baf_c128_n8_jxl"
+    assert within[FEATURES_CURVE, 1.0]["config"] == "all_n8_hevc_qp37"
+    assert [p["config"] for p in front["front"]][:2] == ["baf_c8_n8_jxl", "baf_c16_n8_jxl"]
+    assert front["bd_rate"][jpeg]["bd_rate"] > 0  # these made-up features need more bytes than JPEG
+    assert front["bd_rate"][RECODE_CURVES["hevc"]]["bd_rate"] is None  # no HEVC points
+    write_results(tmp_path, build_tables(reports), plots=False)
+    with (tmp_path / "frontier.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(front["features"]) + 3 and {r["method"] for r in rows} == {"features", jpeg}
+    assert "image recoded as JPEG" in (tmp_path / "summary.md").read_text()
