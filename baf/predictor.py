@@ -235,10 +235,8 @@ class BafPredictor(nn.Module):
 
     def check_input(self, z: Tensor, bits: int) -> int:
         """Position of z's C in the served channel counts; ValueError unless (C, n) is served."""
-        k = self.channel_index(z.shape[1])
-        if bits not in self.config.bits:
-            raise ValueError(f"bits: n={bits} is not served; this predictor serves {list(self.config.bits)}")
-        return k
+        self.check_serves(z.shape[1], bits)
+        return self.config.channels.index(z.shape[1])
 
     def backward_input(self, z: Tensor, bits: int) -> Tensor:
         """X~ [B,Q,H,W], the backward network's output from z [B,C,h,w] (float32, no clamp): the predicted input
