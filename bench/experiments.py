@@ -8,7 +8,8 @@ them). After each configuration the tables and plots are rebuilt from the cache:
 - fig3.{json,csv,png}: AP and AP50 vs C in {8,...,128} at n=8 (lossless jxl), with the unsplit model.
 - fig4.{json,csv,png}: AP50 vs mean bytes per image at C=64: n=2..8 lossless jxl, HEVC on the 6- and
   8-bit tensors at QP 22..37, all P channels at 8 bits with HEVC (the paper's comparison [4]), the JPEG input.
-- bd_rate.json: Bjøntegaard delta rate (log rate cubic in AP50) of each curve against all-channels HEVC.
+- bd_rate.json: Bjøntegaard delta rate (log rate against AP50, piecewise cubic Hermite over each curve's
+  front) of each curve against all-channels HEVC.
 - savings.json: the fewest bytes within 1 and 2 AP50 points of the unsplit model, vs the source JPEGs.
 - one_for_all_vs_dedicated.json: the predictor and each --compare checkpoint at C=64 n=8.
 - frontier.{json,csv,png} (issue 9): AP50 vs mean bytes of every feature configuration (C 32-128, n 2-8,
@@ -40,7 +41,7 @@ from typing import Any
 from baf.digest import sha256_file
 from baf.errors import CheckpointError
 from baf.predictor import read_sidecar
-from baf.rate import bd_rate
+from baf.rate import bd_rate, pareto_front
 
 log = logging.getLogger("experiments")
 
@@ -219,12 +220,9 @@ def build_tables(reports: dict[str, dict[str, Any]], compare: Sequence[Path] = (
         usable = len(points) >= 2 and len(reference) >= 2
         value = bd_rate(reference, [(p["mean_bytes"], p["AP50"]) for p in points]) if usable else None
         why = None if value is not None else "fewer than 2 points" if not usable else "no common AP50 range"
-        ranked = [p["AP50"] for p in sorted(points, key=lambda p: p["mean_bytes"])]
-        if value is not None and any(b <= a for a, b in zip(ranked, ranked[1:])):
-            # The fit of log(rate) in AP50 then bends or runs backwards: the number says little.
-            why = "AP50 does not rise with the bytes on this curve: the fit, not the data, sets this value"
-        elif value is not None and min(len(points), len(reference)) < 4:
-            why = f"{min(len(points), len(reference))}-point curve: fitted below cubic, indicative only"
+        kept = len(pareto(points))
+        if value is not None and kept < len(points):
+            why = f"{len(points) - kept} of {len(points)} points add bytes but no AP50 and are left out of the fit"
         tables["bd_rate"][label] = {"vs": ALL_CHANNELS_CURVE, "bd_rate": value, "note": why,
                                     "points": len(points), "reference_points": len(reference)}
     tables["savings"] = savings(reports, base)
@@ -235,11 +233,7 @@ def build_tables(reports: dict[str, dict[str, Any]], compare: Sequence[Path] = (
 
 def pareto(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The points no other point beats with fewer (or equal) bytes and a higher AP50, by bytes."""
-    front: list[dict[str, Any]] = []
-    for p in sorted(points, key=lambda p: (p["mean_bytes"], -p["AP50"])):
-        if not front or p["AP50"] > front[-1]["AP50"]:
-            front.append(p)
-    return front
+    return pareto_front(points, rate=lambda p: p["mean_bytes"], quality=lambda p: p["AP50"])
 
 
 def frontier(reports: dict[str, dict[str, Any]], base: dict[str, Any] | None) -> dict[str, Any]:
