@@ -11,6 +11,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def odd_int(text: str) -> int:
+    """An odd int >= 1 (a kernel size that keeps the map size with k // 2 padding)."""
+    value = positive_int(text)
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"must be odd, got {value}")
+    return value
+
+
 def unit_float(text: str) -> float:
     """A float in [0, 1]."""
     value = float(text)

@@ -1,5 +1,9 @@
-"""Channel ranking (paper eq. 2-3): order the BN-output channels Z_p of the split layer by how well they
-correlate with the layer's input channels X_q, so that the first C of them are the ones to transmit.
+"""Channel ranking: the order of the split layer's BN-output channels Z_p whose first C are transmitted.
+
+Two methods. `correlation` is the paper's (eq. 2-3): channels by how well they correlate with the layer's
+input channels X_q. `restoration` (ours) picks channels greedily so that the channels picked so far best
+restore all P of them by least squares from their k x k neighbourhoods, which is what the cloud then has
+to do; each pick keeps the earlier ones, so the order stays nested.
 
 For a conv of stride s, X is s times larger than Z in each dimension; it is split into its s*s polyphase
 components x_{q,k} = X_q[a::s, b::s] (k = a*s + b), each the size of Z. Statistics are pooled over every
@@ -27,6 +31,7 @@ from baf.errors import RankingError
 log = logging.getLogger(__name__)
 
 FORMAT = "baf-ranking/1"
+METHODS = ("correlation", "restoration")
 
 
 class CorrelationStats:
@@ -101,6 +106,76 @@ def order_channels(rho: Tensor) -> list[int]:
     return sorted(range(rho.shape[0]), key=lambda p: (-float(totals[p]), p))
 
 
+class PatchStats:
+    """Running mean and covariance of the k x k neighbourhoods of all P channels of Z, for `restoration_order`.
+
+    Features are channel-major (channel p's taps at p*k*k .. p*k*k + k*k - 1, centre tap in the middle), zero
+    padded at the borders as the restoring conv sees them; sums are float64.
+    """
+
+    def __init__(self, channels: int, kernel: int = 3) -> None:
+        if channels < 1 or kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"channels must be >= 1 and kernel odd, got {channels}, {kernel}")
+        self.channels, self.kernel = channels, kernel
+        dim = channels * kernel * kernel
+        self.count = 0
+        self.sum = torch.zeros(dim, dtype=torch.float64)
+        self.gram = torch.zeros(dim, dim, dtype=torch.float64)
+
+    def update(self, z: Tensor) -> None:
+        """Add a batch Z [B,P,h,w] (any float dtype); products in float32 per batch, summed in float64."""
+        if z.dim() != 4 or z.shape[1] != self.channels:
+            raise ValueError(f"z: expected [B,{self.channels},h,w], got {tuple(z.shape)}")
+        k = self.kernel
+        a = torch.nn.functional.unfold(z.detach().float(), k, padding=k // 2)  # [B, P*k*k, h*w]
+        a = a.transpose(0, 1).reshape(self.sum.shape[0], -1)
+        self.count += a.shape[1]
+        self.sum += a.sum(1).double()
+        self.gram += (a @ a.T).double()
+
+    def covariance(self) -> Tensor:
+        """Covariance of the neighbourhood features (float64 [P*k*k, P*k*k])."""
+        if self.count < 2:
+            raise RankingError("no statistics yet: rank needs at least one image")
+        mean = self.sum / self.count
+        return self.gram / self.count - torch.outer(mean, mean)
+
+
+def restoration_order(stats: PatchStats, ridge: float = 1e-6) -> tuple[list[int], list[float]]:
+    """Greedy nested order: each step adds the channel whose k x k neighbourhood most reduces the least-squares
+    error of restoring every channel's centre value from the neighbourhoods of the channels picked so far.
+
+    Returns the order and, after each pick, the fraction of the total variance of Z left unexplained. The
+    residual covariance is deflated by one Schur complement per pick, so all P picks cost O(P * (P k^2)^2).
+    `ridge` (relative to each block's mean diagonal) keeps constant or duplicated channels solvable.
+    """
+    k2 = stats.kernel**2
+    p_all = stats.channels
+    resid = stats.covariance().clone()
+    centre = torch.arange(p_all) * k2 + k2 // 2
+    total = float(resid[centre, centre].sum())
+    if total <= 0:
+        raise RankingError("Z is constant over the ranking images: nothing to rank by")
+    eye = torch.eye(k2, dtype=torch.float64)
+    taps = torch.arange(k2)
+    order: list[int] = []
+    left: list[int] = []
+    remaining = list(range(p_all))
+    while remaining:
+        blocks = torch.tensor(remaining)[:, None] * k2 + taps  # [m, k2]
+        own = resid[blocks[:, :, None], blocks[:, None, :]]  # [m, k2, k2]
+        lam = ridge * own.diagonal(dim1=1, dim2=2).mean(1).clamp(min=torch.finfo(torch.float64).tiny)
+        chol = torch.linalg.cholesky(own + lam[:, None, None] * eye)
+        cross = resid[centre][:, blocks].permute(1, 2, 0)  # [m, k2, P]
+        gain = torch.linalg.solve_triangular(chol, cross, upper=False).square().sum((1, 2))
+        best = int(torch.argmax(gain))
+        w = torch.linalg.solve_triangular(chol[best], resid[blocks[best]], upper=False)  # [k2, P*k2]
+        resid -= w.T @ w
+        order.append(remaining.pop(best))
+        left.append(max(float(resid[centre, centre].sum()), 0.0) / total)
+    return order, left
+
+
 def ranking_id(model: str, layer: int, order: Sequence[int]) -> str:
     """The id bitstreams refer to: first 16 hex digits of sha256 of the canonical (model, layer, order)."""
     fields = {"layer": layer, "model": model, "order": list(order)}
@@ -126,6 +201,8 @@ class Ranking:
     images: dict[str, Any]
     command: str
     id: str
+    method: str = "correlation"
+    kernel: int | None = None  # the neighbourhood size `restoration` ranked with
 
     @property
     def channels(self) -> int:
@@ -143,6 +220,8 @@ class Ranking:
             "in_channels": self.in_channels,
             "stride": self.stride,
             "order": list(self.order),
+            "method": self.method,
+            "kernel": self.kernel,
             "scores": list(self.scores),
             "images": self.images,
             "command": self.command,
@@ -161,9 +240,13 @@ class Ranking:
                 in_channels=int(data["in_channels"]), stride=int(data["stride"]),
                 scores=tuple(float(s) for s in data["scores"]), images=dict(data["images"]),
                 command=str(data["command"]), id=str(data["ranking_id"]),
+                method=str(data.get("method", "correlation")),
+                kernel=None if data.get("kernel") is None else int(data["kernel"]),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as e:
             raise RankingError(f"{source}: missing or malformed field ({e})") from None
+        if ranking.method not in METHODS:
+            raise RankingError(f"{source}: method {ranking.method!r}, expected one of {', '.join(METHODS)}")
         if sorted(order) != list(range(len(order))) or int(data.get("channels", -1)) != len(order):
             raise RankingError(f"{source}: order is not a permutation of 0..{int(data.get('channels', 0)) - 1}")
         expected = ranking_id(ranking.model, ranking.layer, order)
@@ -173,38 +256,61 @@ class Ranking:
 
 
 def make_ranking(
-    stats: CorrelationStats, *, model: str, layer: int, images: dict[str, Any], command: str
+    stats: CorrelationStats | PatchStats, *, model: str, layer: int, images: dict[str, Any], command: str,
+    in_channels: int | None = None, stride: int | None = None,
 ) -> Ranking:
-    """The Ranking of accumulated statistics (eq. 2-3), with its provenance."""
-    rho = stats.rho()
-    order = order_channels(rho)
-    totals = rho.sum(1)
+    """The Ranking of accumulated statistics, with its provenance: eq. 2-3 for `CorrelationStats` (scores: sum of
+    rho), `restoration_order` for `PatchStats` (scores: variance fraction left after each pick; that method does
+    not see X, so `in_channels` and `stride` of the split layer are passed in)."""
+    if isinstance(stats, CorrelationStats):
+        rho = stats.rho()
+        order = order_channels(rho)
+        totals = rho.sum(1)
+        scores = [float(totals[p]) for p in order]
+        in_channels, stride, method, kernel = stats.in_channels, stats.stride, "correlation", None
+    else:
+        if in_channels is None or stride is None:
+            raise ValueError("a restoration ranking needs the split layer's in_channels and stride")
+        order, scores = restoration_order(stats)
+        method, kernel = "restoration", stats.kernel
     return Ranking(
-        model=model, layer=layer, order=tuple(order), in_channels=stats.in_channels, stride=stats.stride,
-        scores=tuple(round(float(totals[p]), 6) for p in order), images=images, command=command,
-        id=ranking_id(model, layer, order),
+        model=model, layer=layer, order=tuple(order), in_channels=in_channels, stride=stride,
+        scores=tuple(round(s, 6) for s in scores), images=images, command=command,
+        id=ranking_id(model, layer, order), method=method, kernel=kernel,
     )  # fmt: skip
 
 
 def rank_images(
-    split: Any, paths: Sequence[Path], *, size: int = 512, command: str = "", progress: bool | None = None
+    split: Any, paths: Sequence[Path], *, size: int = 512, method: str = "correlation", kernel: int = 3,
+    command: str = "", progress: bool | None = None,
 ) -> Ranking:
-    """Rank the channels of `split` (a `baf.models.split.Split`) over the images at `paths`, one at a time."""
+    """Rank the channels of `split` (a `baf.models.split.Split`) over the images at `paths`, one at a time, by
+    `method` (`kernel`: the neighbourhood of the `restoration` method)."""
     from tqdm import tqdm
 
     from baf.images import letterbox, load_image
 
+    if method not in METHODS:
+        raise RankingError(f"method {method!r}, expected one of {', '.join(METHODS)}")
     if not paths:
         raise RankingError("no images to rank with")
-    stats = CorrelationStats(split.channels, split.in_channels, split.stride)
+    stats: CorrelationStats | PatchStats
+    if method == "correlation":
+        stats = CorrelationStats(split.channels, split.in_channels, split.stride)
+    else:
+        stats = PatchStats(split.channels, kernel)
     with torch.inference_mode():
         for path in tqdm(paths, desc="rank", unit="img", disable=None if progress is None else not progress):
             x, _ = letterbox(load_image(path), size)
             z, xin = split.edge.forward_with_input(x[None])
-            stats.update(z, xin)
+            if isinstance(stats, CorrelationStats):
+                stats.update(z, xin)
+            else:
+                stats.update(z)
     images = {"count": len(paths), "names_sha256": names_digest(p.name for p in paths), "size": size}
-    ranking = make_ranking(stats, model=split.model.name, layer=split.layer, images=images, command=command)
-    log.info("ranking_id=%s images=%d top=%s", ranking.id, len(paths), list(ranking.order[:8]))
+    ranking = make_ranking(stats, model=split.model.name, layer=split.layer, images=images, command=command,
+                           in_channels=split.in_channels, stride=split.stride)  # fmt: skip
+    log.info("ranking_id=%s method=%s images=%d top=%s", ranking.id, method, len(paths), list(ranking.order[:8]))
     return ranking
 
 

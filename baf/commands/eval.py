@@ -113,6 +113,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "ranked channels at --bits, restore the rest")
     p.add_argument("--channels", type=positive_int,
                    help="C, with --predictor or --codec (default: 64)")
+    p.add_argument("--ranking", type=Path,
+                   help="ranking file, with --predictor or --codec (default: the packaged one for the model and layer)")
     p.add_argument("--bits", type=positive_int, default=8,
                    help="n, with --predictor, --codec or --all-channels (default: %(default)s)")
     p.add_argument("--codec", help="send Z through real .baf bitstreams with this payload codec: jxl, hevc, png")
@@ -146,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
     if args.layer is not None and args.mode == "baseline":
         raise BafError("--layer only applies to a split mode such as --split-only")
     _check_recode_flags(args)
+    if args.ranking is not None and args.predictor is None and args.codec is None and not args.all_channels:
+        raise BafError("--ranking needs --predictor, --codec or --all-channels")
     if args.recode is None:
         _check_bitstream_flags(args)
     spec = get_spec(args.model)
@@ -167,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     if compressed:
         from baf.ranking import find_ranking
 
-        ranking = find_ranking(spec.name, layer)
+        ranking = find_ranking(spec.name, layer, args.ranking)
     if args.predictor is not None:
         from baf.predictor import load_predictor, record_eval, z_transform
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from baf.argtypes import int_list, positive_int, span_label
+from baf.argtypes import int_list, odd_int, positive_int, span_label
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="C values served, e.g. 8,16,32,64,128 (default) or 64")
     p.add_argument("--bits", type=int_list, default=tuple(range(2, 9)),
                    help="n values served (the fit does not depend on n; default: 2-8)")
-    p.add_argument("--kernel", type=positive_int, default=5, help="odd k of the k x k conv (default: %(default)s)")
+    p.add_argument("--kernel", type=odd_int, default=5, help="odd k of the k x k conv (default: %(default)s)")
     p.add_argument("--ridge", type=float, default=1e-4,
                    help="ridge, relative to the mean Gram diagonal (default: %(default)s)")
     p.add_argument("--max-images", type=positive_int,
@@ -58,8 +58,6 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if args.ridge < 0:
         raise BafError(f"--ridge must be >= 0, got {args.ridge}")
-    if args.kernel % 2 == 0:
-        raise BafError(f"--kernel must be odd (the conv keeps the map size), got {args.kernel}")
     spec = get_spec(args.model)
     layer = spec.split_layer if args.layer is None else args.layer
     split, cache, _ = split_and_cache(args, spec.name, layer)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from baf.argtypes import int_list, positive_int, span_label
+from baf.argtypes import int_list, odd_int, positive_int, span_label
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=("hybrid", "baf"), default="hybrid",
                    help="hybrid: least-squares linear path plus the BaF branch as its residual (default); "
                    "baf: the paper's predictor from random init")
-    p.add_argument("--linear-kernel", type=positive_int, default=5,
+    p.add_argument("--linear-kernel", type=odd_int, default=5,
                    help="k of the hybrid's k x k linear path (default: %(default)s)")
     p.add_argument("--linear-from", type=Path, metavar="CKPT",
                    help="start the hybrid's linear path from this `baf fit-linear` checkpoint instead of fitting it")

@@ -114,9 +114,26 @@ def test_all_channels_sends_every_channel_with_hevc(shared_data, tmp_path):
         (["--codec", "jxl", "--restoration", "zeros", "--split-only"], "replace --split-only"),
         (["--codec", "hevc", "--qp", "30", "--predictor", "x.json", "--record"], "--record stores lossless"),
         (["--codec", "nope", "--restoration", "zeros"], "nope"),
+        (["--ranking", "r.json"], "--ranking needs --predictor"),
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2(shared_data, caplog, argv, message):
     assert main(["eval", "--data", str(shared_data / "coco-val164"), "--limit", "1", *argv]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and message in errors[0]
+
+
+def test_a_predictor_refuses_a_ranking_it_was_not_fitted_with(shared_data, tmp_path, caplog):
+    import dataclasses
+
+    from baf.ranking import load_ranking, ranking_id, write_ranking
+
+    packaged = load_ranking("yolov3-tiny", 8)
+    order = packaged.order[::-1]
+    other = dataclasses.replace(packaged, order=order, id=ranking_id(packaged.model, packaged.layer, order))
+    write_ranking(other, tmp_path / "reversed.json")
+    argv = ["eval", "--data", str(shared_data / "coco-val164"), "--limit", "1", "--predictor",
+            str(CHECKPOINT), "--ranking", str(tmp_path / "reversed.json")]
+    assert main(argv) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and other.id in errors[0]

@@ -8,12 +8,14 @@ import torch
 from baf.errors import RankingError
 from baf.ranking import (
     CorrelationStats,
+    PatchStats,
     Ranking,
     load_ranking,
     make_ranking,
     order_channels,
     ranking_id,
     read_ranking,
+    restoration_order,
     write_ranking,
 )
 
@@ -95,6 +97,73 @@ def test_file_round_trip_and_tamper(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(RankingError, match="permutation"):
         read_ranking(path)
+
+
+def noise(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_restoration_picks_the_channel_that_explains_most_then_what_is_left():
+    # z2 = z0 + z1 explains more of the rest than either; with z2 and z0 known, z1 is exact; z3 is alone.
+    z0, z1, z3 = noise(20, 1, 16, 16, seed=1), noise(20, 1, 16, 16, seed=2), 0.3 * noise(20, 1, 16, 16, seed=3)
+    z = torch.cat((z0, z1, z0 + z1, z3), 1)
+    stats = PatchStats(4, kernel=1)
+    stats.update(z)
+    order, left = restoration_order(stats)
+    assert order[0] == 2 and order[2] == 3 and sorted(order) == [0, 1, 2, 3]
+    var = z.var((0, 2, 3))
+    assert left[1] == pytest.approx(float(var[3] / var.sum()), abs=2e-3)  # only z3 is left
+    assert left[2] == pytest.approx(0, abs=1e-4) and left == sorted(left, reverse=True)
+
+
+def test_restoration_sees_neighbours_within_its_kernel():
+    # z1 is z0 moved one pixel right: a 3x3 neighbourhood of z0 restores it, a 1x1 one does not.
+    z0 = noise(10, 1, 12, 12, seed=4)
+    z1 = torch.zeros_like(z0)
+    z1[..., 1:] = z0[..., :-1]
+    z = torch.cat((z0, z1, 0.7 * noise(10, 1, 12, 12, seed=5)), 1)
+    orders = {}
+    for k in (1, 3):
+        stats = PatchStats(3, kernel=k)
+        stats.update(z)
+        orders[k] = restoration_order(stats)[0]
+    assert orders[3][1] == 2  # z0 or z1 first, then the independent channel: the other is already restored
+    assert orders[1][1] in (0, 1)  # pointwise the shifted copy is new information, and larger than z2
+
+
+def test_patch_stats_stream_like_one_shot_and_refuse_bad_input():
+    z = noise(9, 3, 6, 6, seed=6)
+    one, chunked = PatchStats(3, 3), PatchStats(3, 3)
+    one.update(z)
+    for i in range(0, 9, 4):
+        chunked.update(z[i : i + 4])
+    torch.testing.assert_close(chunked.covariance(), one.covariance(), rtol=1e-4, atol=1e-6)  # float32 products
+    with pytest.raises(ValueError, match="odd"):
+        PatchStats(3, 2)
+    with pytest.raises(ValueError, match="expected"):
+        one.update(z[:, :2])
+    with pytest.raises(RankingError, match="no statistics"):
+        PatchStats(3, 3).covariance()
+
+
+def test_restoration_ranking_file_records_its_method(tmp_path):
+    stats = PatchStats(4, kernel=3)
+    stats.update(noise(3, 4, 8, 8, seed=7))
+    ranking = make_ranking(stats, model="m", layer=3, images={"count": 3}, command="baf rank", in_channels=2, stride=1)
+    assert (ranking.method, ranking.kernel, ranking.in_channels) == ("restoration", 3, 2)
+    path = tmp_path / "r.json"
+    write_ranking(ranking, path)
+    assert read_ranking(path) == ranking
+    data = json.loads(path.read_text())
+    del data["method"], data["kernel"]  # files from before the restoration method are the paper's
+    path.write_text(json.dumps(data))
+    assert read_ranking(path).method == "correlation"
+    data["method"] = "magic"
+    path.write_text(json.dumps(data))
+    with pytest.raises(RankingError, match="method 'magic'"):
+        read_ranking(path)
+    with pytest.raises(ValueError, match="in_channels and stride"):
+        make_ranking(stats, model="m", layer=3, images={}, command="")
 
 
 def test_ranking_id_depends_on_model_layer_order():
