@@ -13,7 +13,9 @@ At inference the transmitted channels are clipped into their quantizer bins (eq.
 
 One checkpoint serves several C (nested ranking: C channels are the first C of the order) and several n:
 the network's input is always `max_channels` wide, zero beyond C, with constant indicator planes (one-hot of
-C, and n/8) so it knows what it was given; the linear path has one weight per served C.
+C, and n/8) so it knows what it was given; the linear path has one weight per served C, fitted on unquantized
+Z, plus one per (C, n) for each n in `linear_bits`, fitted on Z quantized to n bits (eq. 4-5) as the cloud
+receives it: at low n that fit also undoes part of the quantization of the transmitted channels.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from torch import Tensor, nn
 
 from baf.digest import sha256_file
 from baf.errors import CheckpointError
-from baf.ops import clamp_to_bins_torch, dequantize_torch
+from baf.ops import clamp_to_bins_torch, dequantize_torch, quantize_torch
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class PredictorConfig:
     kind: str  # one of KINDS
     linear_kernel: int  # k of the linear path (linear and hybrid kinds)
     activation_slope: float  # the split layer's leaky slope (1.0 for an identity activation)
+    linear_bits: tuple[int, ...] = ()  # n values whose linear path is fitted on n-bit inputs (others: unquantized)
 
     def __post_init__(self) -> None:
         if not self.channels or list(self.channels) != sorted(set(self.channels)) or self.channels[0] < 1:
@@ -76,6 +79,10 @@ class PredictorConfig:
             raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.linear_kernel < 1 or self.linear_kernel % 2 == 0:
             raise ValueError(f"linear_kernel: expected an odd size >= 1, got {self.linear_kernel}")
+        if list(self.linear_bits) != sorted(set(self.linear_bits)) or not set(self.linear_bits) <= set(self.bits):
+            raise ValueError(f"linear_bits: expected ascending served n values, got {self.linear_bits}")
+        if self.linear_bits and not self.has_linear:
+            raise ValueError(f"linear_bits: a {self.kind} predictor has no linear path")
 
     @property
     def has_network(self) -> bool:
@@ -102,6 +109,7 @@ class PredictorConfig:
         fields = dict(data)
         fields["channels"] = tuple(int(c) for c in fields["channels"])
         fields["bits"] = tuple(int(n) for n in fields["bits"])
+        fields["linear_bits"] = tuple(int(n) for n in fields.get("linear_bits", ()))
         return cls(**fields)
 
 
@@ -162,8 +170,10 @@ class BafPredictor(nn.Module):
             # Buffers, not parameters: fitted in closed form and kept. Trained per-C slices would only get a
             # gradient when their C is drawn, and Adam's momentum moves them away from the optimum meanwhile.
             for cc in c.channels:
-                self.register_buffer(f"linear_weight_c{cc}", torch.zeros(p, cc, c.linear_kernel, c.linear_kernel))
-                self.register_buffer(f"linear_bias_c{cc}", torch.zeros(p))
+                for suffix in ("", *(f"_n{n}" for n in c.linear_bits)):
+                    kk = c.linear_kernel
+                    self.register_buffer(f"linear_weight_c{cc}{suffix}", torch.zeros(p, cc, kk, kk))
+                    self.register_buffer(f"linear_bias_c{cc}{suffix}", torch.zeros(p))
         if self.net is not None and c.has_linear:
             # The network starts as a zero correction to the (least-squares) linear path.
             nn.init.zeros_(self.net[-1].weight)
@@ -180,6 +190,7 @@ class BafPredictor(nn.Module):
         hidden: int = 64,
         kind: str = "hybrid",
         linear_kernel: int = 5,
+        linear_bits: Sequence[int] = (),
     ) -> BafPredictor:
         """A fresh predictor for `split` (a `baf.models.split.Split`) and `ranking` (a `baf.ranking.Ranking`)."""
         if (ranking.model, ranking.layer) != (split.model.name, split.layer):
@@ -192,7 +203,7 @@ class BafPredictor(nn.Module):
             channels=tuple(sorted(set(channels))), bits=tuple(sorted(set(bits))),
             out_channels=split.channels, in_channels=split.in_channels, stride=split.stride,
             kernel_size=int(split.conv.kernel_size[0]), padding=int(split.conv.padding[0]),
-            hidden=hidden, kind=kind, linear_kernel=linear_kernel,
+            hidden=hidden, kind=kind, linear_kernel=linear_kernel, linear_bits=tuple(sorted(set(linear_bits))),
             activation_slope=float(act.negative_slope) if isinstance(act, nn.LeakyReLU) else 1.0,
         )  # fmt: skip
         scale, shift = split.bn_affine()
@@ -259,11 +270,17 @@ class BafPredictor(nn.Module):
         onehot[-1] = bits / 8
         return self.net(torch.cat((v, onehot[None, :, None, None].expand(b, -1, h, w)), 1))
 
-    def linear(self, z: Tensor) -> Tensor:
-        """The least-squares path: all P channels [B,P,h,w] from the C dequantized channels z [B,C,h,w]."""
+    def linear_names(self, channels: int, bits: int | None) -> tuple[str, str]:
+        """Buffer names of the linear path's (weight, bias) for C=`channels` at n=`bits` (None: unquantized fit)."""
+        suffix = f"_n{bits}" if bits in self.config.linear_bits else ""
+        return f"linear_weight_c{channels}{suffix}", f"linear_bias_c{channels}{suffix}"
+
+    def linear(self, z: Tensor, bits: int | None = None) -> Tensor:
+        """The least-squares path: all P channels [B,P,h,w] from the C dequantized channels z [B,C,h,w], with the
+        fit for n=`bits` if it has one of its own."""
         cc = z.shape[1]
         self.channel_index(cc)
-        weight, bias = getattr(self, f"linear_weight_c{cc}"), getattr(self, f"linear_bias_c{cc}")
+        weight, bias = (getattr(self, name) for name in self.linear_names(cc, bits))
         return F.conv2d(z, weight.to(z.dtype), bias.to(z.dtype), padding=self.config.linear_kernel // 2)
 
     def forward(self, z: Tensor, bits: int) -> Tensor:
@@ -272,7 +289,7 @@ class BafPredictor(nn.Module):
         self.check_input(z, bits)
         if c.kind == "baf":
             return self.forward_layer(self.backward_input(z, bits))
-        out = self.linear(z)
+        out = self.linear(z, bits)
         if c.kind == "hybrid":
             x = self.backward_input(z, bits)
             y = F.conv2d(x, self.conv_weight.to(x.dtype), stride=c.stride, padding=c.padding)
@@ -292,18 +309,29 @@ class BafPredictor(nn.Module):
         return out
 
 
+def make_inputs(z: Tensor, order: Tensor, channels: int, bits: int) -> Tensor:
+    """Dequantized first `channels` ranked channels of z [B,P,h,w]: eq. 4-5 per sample and channel, as the cloud
+    receives them."""
+    q, lo, hi = quantize_torch(z[:, order[:channels]].contiguous(), bits)
+    return dequantize_torch(q, lo, hi, bits)
+
+
 class NormalEquations:
     """Streamed least-squares statistics for the linear path of every served C at once.
 
     Features are the k x k neighbourhoods of the first `max C` ranked channels (channel-major, as conv weights
-    order them) plus a constant; nested ranking makes each smaller C the leading block of the same system.
+    order them) plus a constant; nested ranking makes each smaller C the leading block of the same system. With
+    `bits`, the features are those channels quantized to n bits and dequantized (eq. 4-5, per sample and
+    channel, so still nested); the targets are always the unquantized Z.
     """
 
-    def __init__(self, config: PredictorConfig) -> None:
-        """Empty sums for `config` (a predictor with a linear path)."""
+    def __init__(self, config: PredictorConfig, bits: int | None = None) -> None:
+        """Empty sums for `config` (a predictor with a linear path), for inputs at n=`bits` (None: unquantized)."""
         if not config.has_linear:
             raise ValueError(f"a {config.kind} predictor has no linear path")
-        self.config = config
+        if bits is not None and not 1 <= bits <= 16:
+            raise ValueError(f"bits: expected 1..16 or None, got {bits}")
+        self.config, self.bits = config, bits
         self.dim = config.max_channels * config.linear_kernel**2 + 1
         self.gram = torch.zeros(self.dim, self.dim, dtype=torch.float64)
         self.rhs = torch.zeros(self.dim, config.out_channels, dtype=torch.float64)
@@ -317,7 +345,8 @@ class NormalEquations:
         c = self.config
         k = c.linear_kernel
         z = z.float()
-        feats = F.unfold(z[:, order[: c.max_channels]], k, padding=k // 2)  # [B, cmax*k*k, h*w]
+        inputs = z[:, order[: c.max_channels]] if self.bits is None else make_inputs(z, order, c.max_channels, self.bits)
+        feats = F.unfold(inputs, k, padding=k // 2)  # [B, cmax*k*k, h*w]
         ones = torch.ones(feats.shape[0], 1, feats.shape[2])
         a = torch.cat((feats, ones), 1).transpose(0, 1).reshape(self.dim, -1)
         t = z.transpose(0, 1).reshape(z.shape[1], -1)
@@ -346,21 +375,27 @@ class NormalEquations:
 
 @torch.no_grad()
 def fit_linear(predictor: BafPredictor, batches: Iterable[Tensor], ridge: float = 1e-4) -> int:
-    """Set the linear path to the least-squares k x k map from the first C ranked channels to all P, for every C.
+    """Set the linear path to the least-squares k x k map from the first C ranked channels to all P, for every C:
+    one fit on unquantized inputs and one per n in `linear_bits` on n-bit inputs, all from one pass.
 
     `batches` yields training features Z [B,P,h,w]. Returns the number of positions (samples) used.
     """
-    eqs = NormalEquations(predictor.config)
+    c = predictor.config
+    systems = {n: NormalEquations(c, n) for n in (None, *c.linear_bits)}
     order = predictor.order.cpu()
     for z in batches:
-        eqs.add(z.cpu(), order)
-    for cc in predictor.config.channels:
-        weight, bias = eqs.solve(cc, ridge)
-        getattr(predictor, f"linear_weight_c{cc}").copy_(weight)
-        getattr(predictor, f"linear_bias_c{cc}").copy_(bias)
-    log.info("linear path fitted by least squares: channels=%s kernel=%d ridge=%g samples=%d",
-             list(predictor.config.channels), predictor.config.linear_kernel, ridge, eqs.samples)  # fmt: skip
-    return eqs.samples
+        for eqs in systems.values():
+            eqs.add(z.cpu(), order)
+    for n, eqs in systems.items():
+        for cc in c.channels:
+            weight, bias = eqs.solve(cc, ridge)
+            weight_name, bias_name = predictor.linear_names(cc, n)
+            getattr(predictor, weight_name).copy_(weight)
+            getattr(predictor, bias_name).copy_(bias)
+    samples = systems[None].samples
+    log.info("linear path fitted by least squares: channels=%s kernel=%d n-bit fits=%s ridge=%g samples=%d",
+             list(c.channels), c.linear_kernel, list(c.linear_bits), ridge, samples)  # fmt: skip
+    return samples
 
 
 def copy_linear(predictor: BafPredictor, source: BafPredictor) -> None:
@@ -368,17 +403,20 @@ def copy_linear(predictor: BafPredictor, source: BafPredictor) -> None:
     a, b = predictor.config, source.config
     if not (a.has_linear and b.has_linear):
         raise ValueError("both predictors need a linear path")
-    if (a.ranking_id, a.linear_kernel) != (b.ranking_id, b.linear_kernel) or not set(a.channels) <= set(b.channels):
+    if ((a.ranking_id, a.linear_kernel) != (b.ranking_id, b.linear_kernel) or not set(a.channels) <= set(b.channels)
+            or not set(a.linear_bits) <= set(b.linear_bits)):
         raise ValueError(
-            f"linear path of ranking {b.ranking_id}, k={b.linear_kernel}, C {list(b.channels)} does not fit "
-            f"ranking {a.ranking_id}, k={a.linear_kernel}, C {list(a.channels)}"
+            f"linear path of ranking {b.ranking_id}, k={b.linear_kernel}, C {list(b.channels)}, n-bit fits "
+            f"{list(b.linear_bits)} does not fit ranking {a.ranking_id}, k={a.linear_kernel}, C {list(a.channels)}, "
+            f"n-bit fits {list(a.linear_bits)}"
         )
     if predictor.split_digest() != source.split_digest():
         raise ValueError("the two predictors restore different split layers")
     with torch.no_grad():
         for cc in a.channels:
-            for name in (f"linear_weight_c{cc}", f"linear_bias_c{cc}"):
-                getattr(predictor, name).copy_(getattr(source, name))
+            for n in (None, *a.linear_bits):
+                for name in predictor.linear_names(cc, n):
+                    getattr(predictor, name).copy_(getattr(source, name))
 
 
 def save_predictor(predictor: BafPredictor, stem: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:

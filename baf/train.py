@@ -29,9 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from baf.errors import BafError, CheckpointError, TrainingDivergedError
-from baf.ops import dequantize_torch, quantize_torch
 from baf.digest import sha256_file
-from baf.predictor import BafPredictor, fit_linear, read_sidecar, save_predictor
+from baf.predictor import BafPredictor, fit_linear, make_inputs, read_sidecar, save_predictor
 
 log = logging.getLogger(__name__)
 
@@ -215,12 +214,6 @@ def batch_indices(cfg: TrainConfig, step: int, n_train: int, rank: int = 0, worl
     perm = torch.randperm(n_train, generator=_generator(cfg.seed, epoch, 2))
     start = i * per_step + rank * cfg.batch_size
     return sorted(perm[start : start + cfg.batch_size].tolist())
-
-
-def make_inputs(z: Tensor, order: Tensor, channels: int, bits: int) -> Tensor:
-    """Dequantized first `channels` ranked channels of z [B,P,h,w]: eq. 4-5 per sample and channel."""
-    q, lo, hi = quantize_torch(z[:, order[:channels]].contiguous(), bits)
-    return dequantize_torch(q, lo, hi, bits)
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ def frontier_plan() -> list[Config]:
     configs += [Config("recode", codec="hevc", qp=qp) for qp in RECODE_HEVC_QPS]
     configs += [Config("baf", 128, n, "jxl") for n in (4, 2, 6, 3)]
     configs += [Config("baf", 128, 8, "hevc", qp) for qp in (32, 37, 42, 47)]
-    configs += [Config("baf", 128, 6, "hevc", qp) for qp in (37, 42)]
+    configs += [Config("baf", 128, 6, "hevc", qp) for qp in (37, 39, 40, 42)]
     configs += [Config("baf", 64, 8, "hevc", qp) for qp in (42, 47)]
     configs += [Config("baf", 32, n, "jxl") for n in (4, 2)] + [Config("baf", 32, 8, "hevc", 37)]
     return configs

@@ -30,7 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channels", type=int_list, default=(8, 16, 32, 64, 128),
                    help="C values served, e.g. 8,16,32,64,128 (default) or 64")
     p.add_argument("--bits", type=int_list, default=tuple(range(2, 9)),
-                   help="n values served (the fit does not depend on n; default: 2-8)")
+                   help="n values served (default: 2-8)")
+    p.add_argument("--quantized-fits", type=int_list, default=(),
+                   help="served n values that get a fit of their own on n-bit inputs, e.g. 2,3 (default: none; "
+                   "every n uses the fit on unquantized Z); each costs one more pass's worth of products")
     p.add_argument("--kernel", type=odd_int, default=5, help="odd k of the k x k conv (default: %(default)s)")
     p.add_argument("--ridge", type=float, default=1e-4,
                    help="ridge, relative to the mean Gram diagonal (default: %(default)s)")
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     ranking = find_ranking(spec.name, layer, args.ranking)
     try:
         predictor = BafPredictor.from_split(split, ranking, channels=args.channels, bits=args.bits,
-                                            kind="linear", linear_kernel=args.kernel)
+                                            kind="linear", linear_kernel=args.kernel,
+                                            linear_bits=args.quantized_fits)
     except ValueError as e:
         raise BafError(str(e)) from None
     start = time.monotonic()

@@ -23,7 +23,8 @@ from baf.predictor import (
 
 
 def make(
-    stride: int = 1, channels=(2, 4), bits=(2, 8), kind: str = "hybrid", seed: int = 0, kernel: int = 3
+    stride: int = 1, channels=(2, 4), bits=(2, 8), kind: str = "hybrid", seed: int = 0, kernel: int = 3,
+    linear_bits=(),
 ) -> tuple[BafPredictor, nn.BatchNorm2d]:
     """A predictor for a random conv (Q=4 -> P=8, 3x3, `stride`) + BN, ranked in reverse channel order."""
     torch.manual_seed(seed)
@@ -38,7 +39,8 @@ def make(
     shift = bn.bias.double() - bn.running_mean.double() * scale
     cfg = PredictorConfig(model="toy", layer=3, ranking_id="0123456789abcdef", channels=channels, bits=bits,
                           out_channels=8, in_channels=4, stride=stride, kernel_size=3, padding=1, hidden=8,
-                          kind=kind, linear_kernel=kernel, activation_slope=0.1)  # fmt: skip
+                          kind=kind, linear_kernel=kernel, activation_slope=0.1,
+                          linear_bits=linear_bits)  # fmt: skip
     std = torch.sqrt(bn.running_var.double() + bn.eps)
     return BafPredictor(cfg, conv.weight, scale, shift, bn.running_mean, std, list(range(7, -1, -1))), bn
 
@@ -139,6 +141,52 @@ def test_hybrid_starts_as_its_linear_path_and_baf_has_none():
         copy_linear(make(kind="hybrid", kernel=5)[0], linear)
     with pytest.raises(ValueError, match="kind"):
         make(kind="cubic")
+
+
+def correlated(n: int = 24, seed: int = 5) -> torch.Tensor:
+    """Z [n,8,6,6] whose channels share smooth structure, so the restoring fit depends on how inputs are coded."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.nn.functional.avg_pool2d(torch.randn(n, 3, 8, 8, generator=g), 3, 1)
+    return torch.nn.functional.conv2d(base, torch.randn(8, 3, 1, 1, generator=g)) + 0.1 * torch.randn(n, 8, 6, 6,
+                                                                                                          generator=g)
+
+
+def test_an_n_bit_fit_restores_n_bit_inputs_better_than_the_unquantized_fit():
+    from baf.predictor import make_inputs
+
+    predictor, _ = make(kind="linear", linear_bits=(2,))
+    z = correlated()
+    fit_linear(predictor, [z[:12], z[12:]], ridge=1e-6)
+    inputs = make_inputs(z, predictor.order, 2, 2)
+    with torch.no_grad():
+        own = float((predictor.linear(inputs, 2) - z).square().mean())
+        shared = float((predictor.linear(inputs, None) - z).square().mean())
+        assert own < 0.95 * shared  # least squares on the coded inputs it will see (training data: cannot be worse)
+        # n=8 has no fit of its own: it uses the unquantized one.
+        torch.testing.assert_close(predictor.linear(inputs, 8), predictor.linear(inputs, None))
+    assert predictor.linear_names(4, 2) == ("linear_weight_c4_n2", "linear_bias_c4_n2")
+
+
+def test_linear_bits_are_checked_saved_and_copied(tmp_path):
+    with pytest.raises(ValueError, match="linear_bits"):
+        make(kind="linear", linear_bits=(3,))  # not a served n
+    with pytest.raises(ValueError, match="no linear path"):
+        make(kind="baf", linear_bits=(2,))
+    linear, _ = make(kind="linear", linear_bits=(2,))
+    fit_linear(linear, [correlated()])
+    save_predictor(linear, tmp_path / "q")
+    loaded = load_predictor(tmp_path / "q.json")
+    assert loaded.config.linear_bits == (2,)
+    torch.testing.assert_close(loaded.linear_weight_c2_n2, linear.linear_weight_c2_n2, rtol=0, atol=0)
+    # A hybrid takes the unquantized fit; one that asks for n-bit fits needs a source that has them.
+    hybrid, _ = make(kind="hybrid")
+    copy_linear(hybrid, linear)
+    torch.testing.assert_close(hybrid.linear_weight_c4, linear.linear_weight_c4, rtol=0, atol=0)
+    plain, _ = make(kind="linear")
+    with pytest.raises(ValueError, match="n-bit fits"):
+        copy_linear(make(kind="hybrid", linear_bits=(2,))[0], plain)
+    old = PredictorConfig.from_json({k: v for k, v in plain.config.to_json().items() if k != "linear_bits"})
+    assert old == plain.config  # sidecars from before per-n fits load unchanged
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 from baf import ops
 from baf.errors import BafError, CheckpointError, TrainingDivergedError
-from baf.predictor import load_predictor
+from baf.predictor import load_predictor, make_inputs
 from baf.train import (
     CACHE_FORMAT,
     FeatureCache,
@@ -25,7 +25,6 @@ from baf.train import (
     draw_step,
     fit,
     loss_on,
-    make_inputs,
 )
 from tests.unit.test_predictor import make
 
