@@ -488,7 +488,7 @@ def load_predictor(
         expected = str(data.get("sha256"))[:16]
         raise CheckpointError(f"{weights}: sha256 {digest[:16]}..., expected {expected}... (sidecar)")
     try:
-        config = PredictorConfig.from_json({k: data[k] for k in PredictorConfig.__dataclass_fields__})
+        config = PredictorConfig.from_json({k: data[k] for k in PredictorConfig.__dataclass_fields__ if k in data})
         tensors = load_file(str(weights), device=str(map_location))
     except (KeyError, TypeError, ValueError, SafetensorError) as e:
         raise CheckpointError(f"{weights}: cannot load ({e})") from None
