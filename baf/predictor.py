@@ -170,10 +170,10 @@ class BafPredictor(nn.Module):
             # Buffers, not parameters: fitted in closed form and kept. Trained per-C slices would only get a
             # gradient when their C is drawn, and Adam's momentum moves them away from the optimum meanwhile.
             for cc in c.channels:
-                for suffix in ("", *(f"_n{n}" for n in c.linear_bits)):
-                    kk = c.linear_kernel
-                    self.register_buffer(f"linear_weight_c{cc}{suffix}", torch.zeros(p, cc, kk, kk))
-                    self.register_buffer(f"linear_bias_c{cc}{suffix}", torch.zeros(p))
+                for n in (None, *c.linear_bits):
+                    weight_name, bias_name = self.linear_names(cc, n)
+                    self.register_buffer(weight_name, torch.zeros(p, cc, c.linear_kernel, c.linear_kernel))
+                    self.register_buffer(bias_name, torch.zeros(p))
         if self.net is not None and c.has_linear:
             # The network starts as a zero correction to the (least-squares) linear path.
             nn.init.zeros_(self.net[-1].weight)
@@ -384,8 +384,9 @@ def fit_linear(predictor: BafPredictor, batches: Iterable[Tensor], ridge: float 
     systems = {n: NormalEquations(c, n) for n in (None, *c.linear_bits)}
     order = predictor.order.cpu()
     for z in batches:
+        z = z.cpu()
         for eqs in systems.values():
-            eqs.add(z.cpu(), order)
+            eqs.add(z, order)
     for n, eqs in systems.items():
         for cc in c.channels:
             weight, bias = eqs.solve(cc, ridge)

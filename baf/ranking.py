@@ -159,7 +159,7 @@ def restoration_order(stats: PatchStats, ridge: float = 1e-6) -> tuple[list[int]
     eye = torch.eye(k2, dtype=torch.float64)
     taps = torch.arange(k2)
     order: list[int] = []
-    left: list[int] = []
+    left: list[float] = []
     remaining = list(range(p_all))
     while remaining:
         blocks = torch.tensor(remaining)[:, None] * k2 + taps  # [m, k2]
