@@ -139,6 +139,13 @@ def test_hybrid_starts_as_its_linear_path_and_baf_has_none():
         fit_linear(baf, [torch.randn(2, 8, 6, 6)])
     with pytest.raises(ValueError, match="k=5"):
         copy_linear(make(kind="hybrid", kernel=5)[0], linear)
+    # A dedicated model (one C) takes its C's fit from a one-for-all source serving more C.
+    dedicated, _ = make(kind="hybrid", channels=(2,))
+    copy_linear(dedicated, linear)
+    torch.testing.assert_close(dedicated.linear_weight_c2, linear.linear_weight_c2, rtol=0, atol=0)
+    other, _ = make(kind="hybrid", seed=1)
+    with pytest.raises(ValueError, match="different split layers"):
+        copy_linear(other, linear)
     with pytest.raises(ValueError, match="kind"):
         make(kind="cubic")
 
