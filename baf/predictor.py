@@ -337,15 +337,23 @@ class NormalEquations:
         self.rhs = torch.zeros(self.dim, config.out_channels, dtype=torch.float64)
         self.samples = 0
 
-    def add(self, z: Tensor, order: Tensor) -> None:
+    def add(self, z: Tensor, order: Tensor, inputs: Tensor | None = None) -> None:
         """Add a batch of training features z [B,P,h,w]: inputs are its first max C ranked channels, targets all P.
 
-        Products are formed in float32 per batch (a few thousand positions) and summed in float64.
+        `inputs` [B,max C,h,w] replaces those channels as the cloud would receive them otherwise (after a lossy
+        codec, say). Products are formed in float32 per batch (a few thousand positions) and summed in float64.
         """
         c = self.config
         k = c.linear_kernel
         z = z.float()
-        inputs = z[:, order[: c.max_channels]] if self.bits is None else make_inputs(z, order, c.max_channels, self.bits)
+        if inputs is not None:
+            if inputs.shape != (z.shape[0], c.max_channels, *z.shape[2:]):
+                raise ValueError(f"inputs: expected {[z.shape[0], c.max_channels, *z.shape[2:]]}, got {list(inputs.shape)}")
+            inputs = inputs.float()
+        elif self.bits is None:
+            inputs = z[:, order[: c.max_channels]]
+        else:
+            inputs = make_inputs(z, order, c.max_channels, self.bits)
         feats = F.unfold(inputs, k, padding=k // 2)  # [B, cmax*k*k, h*w]
         ones = torch.ones(feats.shape[0], 1, feats.shape[2])
         a = torch.cat((feats, ones), 1).transpose(0, 1).reshape(self.dim, -1)

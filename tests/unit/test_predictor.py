@@ -174,6 +174,22 @@ def test_an_n_bit_fit_restores_n_bit_inputs_better_than_the_unquantized_fit():
     assert predictor.linear_names(4, 2) == ("linear_weight_c4_n2", "linear_bias_c4_n2")
 
 
+def test_normal_equations_take_given_inputs_as_the_cloud_receives_them():
+    from baf.predictor import NormalEquations, make_inputs
+
+    predictor, _ = make(kind="linear")
+    z = correlated(8)
+    own = NormalEquations(predictor.config, 2)
+    given = NormalEquations(predictor.config)
+    own.add(z, predictor.order)
+    given.add(z, predictor.order, make_inputs(z, predictor.order, 4, 2))
+    # The same n-bit inputs handed in give the same statistics as the n-bit system makes itself.
+    torch.testing.assert_close(given.gram, own.gram)
+    torch.testing.assert_close(given.rhs, own.rhs)
+    with pytest.raises(ValueError, match="inputs: expected"):
+        given.add(z, predictor.order, z[:, :3])
+
+
 def test_linear_bits_are_checked_saved_and_copied(tmp_path):
     with pytest.raises(ValueError, match="linear_bits"):
         make(kind="linear", linear_bits=(3,))  # not a served n
