@@ -38,7 +38,7 @@ from baf.images import Letterbox
 from baf.models.zoo import load_split
 from baf.predictor import NormalEquations, load_predictor, save_predictor
 from baf.ranking import find_ranking
-from baf.train import FeatureCache
+from baf.train import FeatureCache, feature_batches
 
 log = logging.getLogger("codec_aware_fit")
 
@@ -56,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
     n_train = len(cache.names) - args.heldout
     if n_train < 1:
         raise BafError(f"--heldout {args.heldout} leaves no training images out of {len(cache.names)}")
-    picks = np.unique(np.linspace(0, n_train - 1, num=min(args.max_images, n_train)).round().astype(int))
     split = load_split(config.model, config.layer)
     encoder = EdgeEncoder(split, find_ranking(config.model, config.layer), channels=args.channels,
                           bits=args.bits, codec="hevc", qp=args.qp)  # fmt: skip
@@ -68,16 +67,15 @@ def run(args: argparse.Namespace) -> int:
     sizes, level_mse = [], []
     start = time.monotonic()
     try:
-        for i, index in enumerate(picks):
-            z = torch.from_numpy(cache.z[index].astype(np.float32))
-            sent = encoder.select(z)
+        for z in feature_batches(cache, range(n_train), args.max_images, batch=1):
+            sent = encoder.select(z[0])
             frame = decoder.decode(encoder.encode_features(sent, box))
             q_sent, _, _ = ops.quantize(sent, args.bits)
             level_mse.append(float(((frame.q.astype(np.float64) - q_sent) ** 2).mean()))
             sizes.append(frame.size_bytes)
-            eqs.add(z[None], order, torch.from_numpy(frame.z)[None])
-            if (i + 1) % 100 == 0:
-                log.info("images=%d/%d mean bytes %.0f", i + 1, len(picks), np.mean(sizes))
+            eqs.add(z, order, torch.from_numpy(frame.z)[None])
+            if len(sizes) % 100 == 0:
+                log.info("images=%d mean bytes %.0f", len(sizes), np.mean(sizes))
     finally:
         encoder.close()
         decoder.close()
@@ -88,11 +86,11 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.monotonic() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_predictor(predictor, args.out, {"train": {
-        "data_id": cache.data_id, "command": shlex.join(["python", *sys.argv]), "images": len(picks),
+        "data_id": cache.data_id, "command": shlex.join(["python", *sys.argv]), "images": len(sizes),
         "samples": eqs.samples, "ridge": args.ridge, "wall_hours": round(seconds / 3600, 4), "steps": 0,
         "codec_fit": {"channels": args.channels, "bits": args.bits, "codec": "hevc", "qp": args.qp},
     }})  # fmt: skip
-    print(f"{args.out}.json: C={args.channels} n={args.bits} hevc QP {args.qp} fit on {len(picks)} images in "
+    print(f"{args.out}.json: C={args.channels} n={args.bits} hevc QP {args.qp} fit on {len(sizes)} images in "
           f"{seconds:.0f} s; mean bytes {np.mean(sizes):,.0f}; decoded tile error {np.mean(level_mse):.2f} levels^2")
     return 0
 
