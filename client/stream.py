@@ -4,8 +4,8 @@ Three single-thread executors keep the event loop free: one reads the source and
 one quantizes and codes (the codec, and the hevc stream encoder's state, belong to that thread), one
 writes outputs. At most `window` frames are in flight without a result, so the server can batch them.
 
-Reconnecting: the Stream call is reopened on a fresh channel after UNAVAILABLE (or a stream that ends
-with frames unanswered), with jittered exponential backoff (x1.6, +-20%, capped; grpc's
+Reconnecting: the Stream call is reopened on a fresh channel after UNAVAILABLE (or grpc aio's INTERNAL
+that hides it, see `stream_lost`, or a stream that ends with frames unanswered), with jittered exponential backoff (x1.6, +-20%, capped; grpc's
 connection-backoff.md), and every frame without a result is resent, in order, under its own sequence.
 Outcomes are keyed by sequence, so each frame is reported exactly once. With the hevc stream codec
 each new connection restarts the encoder, so the first resent frame is intra (the server's per-stream
@@ -60,6 +60,23 @@ def server_error(e: grpc.aio.AioRpcError, server: str, what: str) -> ServerError
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return ServerError(f"cannot reach the server at {server} ({code.name}: {details}); is it running there?")
     return ServerError(f"{server}: {what} failed with {code.name}: {details}")
+
+
+# What grpc aio reports in place of the server's status when a client write races the end of the call
+# (grpc/grpc#36066): a server that drains aborts with UNAVAILABLE while frames are still being sent.
+_WRITE_RACE_DETAILS = "Internal error from Core"
+
+
+def stream_lost(e: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed Stream call lost its server (reconnect and resend) rather than being refused by it.
+
+    UNAVAILABLE is a server that went away or drains; INTERNAL with grpc's own "Internal error from Core"
+    is the same loss hidden by grpc aio's write race. An INTERNAL the server sent carries our message.
+    """
+    code, details = e.code(), (e.details() or "").strip()
+    if code == grpc.StatusCode.INTERNAL:
+        return details == _WRITE_RACE_DETAILS
+    return code == grpc.StatusCode.UNAVAILABLE
 
 
 @contextlib.asynccontextmanager
@@ -370,7 +387,7 @@ class FrameStreamer:
             except grpc.aio.AioRpcError as e:
                 if self._fatal is not None:
                     raise self._fatal from None
-                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                if not stream_lost(e):
                     raise server_error(e, self.config.server, "Stream") from None
                 reason = f"{e.code().name}: {(e.details() or '').strip()}"
             now = time.monotonic()
