@@ -5,6 +5,10 @@ touch only the predictor. Each step draws C and n (the same for the whole batch)
 ranked channels of every sample with its own min/max (eq. 4-5), predicts all P channels, and minimizes the
 Charbonnier penalty (eq. 7, eps 1e-3, averaged over elements) between leaky(Z~) and the true activation.
 
+With `balance_rates` each step's loss is divided by the loss the run started from at that (C, n) (for a
+fresh hybrid: its least-squares path), so every rate gets the same relative pull on the shared network;
+unbalanced, the low rates' large absolute errors take it all.
+
 Everything random in a step is derived from (seed, step), so a resumed run repeats an uninterrupted one.
 Checkpoints are safetensors (weights, and optimizer state in a second file) plus a JSON sidecar; never pickle.
 """
@@ -156,6 +160,8 @@ class TrainConfig:
     command: str = ""
     feature_layer: int | None = None  # a later layer whose output gets a loss term beside eq. 7
     feature_weight: float = 0.0
+    balance_rates: bool = False
+    init_from: dict[str, Any] | None = None  # {"checkpoint", "sha256", "steps"} of the weights a new run started from
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.lr <= 0 or self.heldout < 0:
@@ -181,6 +187,8 @@ class TrainState:
     wall_seconds: float = 0.0
     curve: list[list[float]] = field(default_factory=list)  # [step, mean training loss since the last entry]
     heldout: list[dict[str, Any]] = field(default_factory=list)  # {"step", "loss", "per_channels": {C: loss}}
+    reference: dict[str, float] = field(default_factory=dict)  # "C/n" -> starting loss, when rates are balanced
+    init_from: dict[str, Any] | None = None  # the run's TrainConfig.init_from, kept across resumes
 
 
 # ---------------------------------------------------------------- steps
@@ -248,21 +256,42 @@ def loss_on(
 
 
 @torch.no_grad()
-def heldout_loss(predictor: BafPredictor, z_all: Tensor, device: torch.device, batch: int = 20) -> dict[str, Any]:
-    """Mean loss on held-out features z_all [N,P,h,w] for every served C at the largest served n."""
+def mean_losses(
+    predictor: BafPredictor, z_all: Tensor, device: torch.device, rates: Sequence[tuple[int, int]], batch: int = 20
+) -> dict[tuple[int, int], float]:
+    """Mean eq. 7 loss over features z_all [N,P,h,w] at each (C, n) of `rates`, in eval mode."""
     was_training = predictor.training
     predictor.eval()
     c = predictor.config
-    bits = max(c.bits)
-    per: dict[str, float] = {}
-    for channels in c.channels:
+    out: dict[tuple[int, int], float] = {}
+    for channels, bits in rates:
         total = 0.0
         for i in range(0, len(z_all), batch):
             z = z_all[i : i + batch].to(device).float()
             total += float(loss_on(predictor, c, predictor.order, z, channels, bits)) * len(z)
-        per[str(channels)] = total / len(z_all)
+        out[(channels, bits)] = total / len(z_all)
     predictor.train(was_training)
+    return out
+
+
+def heldout_loss(predictor: BafPredictor, z_all: Tensor, device: torch.device) -> dict[str, Any]:
+    """Mean loss on held-out features z_all [N,P,h,w] for every served C at the largest served n."""
+    c = predictor.config
+    bits = max(c.bits)
+    losses = mean_losses(predictor, z_all, device, [(channels, bits) for channels in c.channels])
+    per = {str(channels): loss for (channels, _), loss in losses.items()}
     return {"bits": bits, "loss": sum(per.values()) / len(per), "per_channels": per}
+
+
+REFERENCE_IMAGES = 100  # training images, evenly spread, that measure the starting loss of each rate
+
+
+def rate_reference(predictor: BafPredictor, z_train: Tensor, device: torch.device) -> dict[str, float]:
+    """"C/n" -> the predictor's loss at that rate on an even spread of training images: `balance_rates`' divisors."""
+    c = predictor.config
+    z = z_train[:: max(1, len(z_train) // REFERENCE_IMAGES)][:REFERENCE_IMAGES]
+    losses = mean_losses(predictor, z, device, [(cc, n) for cc in c.channels for n in c.bits])
+    return {f"{cc}/{n}": loss for (cc, n), loss in losses.items()}
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -310,6 +339,9 @@ def save_training(
         "weight_decay": cfg.weight_decay,
         "heldout_images": cfg.heldout,
         "feature_loss": None if cfg.feature_layer is None else {"layer": cfg.feature_layer, "weight": cfg.feature_weight},
+        "balance_rates": cfg.balance_rates,
+        "rate_reference": state.reference,
+        "init_from": state.init_from,
         "loss_curve": state.curve,
         "heldout_curve": state.heldout,
     }
@@ -347,7 +379,8 @@ def load_training(stem: Path, predictor: BafPredictor, opt: torch.optim.Optimize
         raise CheckpointError(f"{opt_path}: cannot restore the optimizer ({e})") from None
     train = data["train"]
     return TrainState(step=int(train["steps"]), wall_seconds=float(train["wall_hours"]) * 3600,
-                      curve=list(train["loss_curve"]), heldout=list(train["heldout_curve"]))  # fmt: skip
+                      curve=list(train["loss_curve"]), heldout=list(train["heldout_curve"]),
+                      reference=dict(train.get("rate_reference") or {}), init_from=train.get("init_from"))  # fmt: skip
 
 
 # ---------------------------------------------------------------- the loop
@@ -414,7 +447,8 @@ def fit(
 ) -> TrainState:
     """Train `predictor` on `cache` until max steps or minutes, SIGTERM, or Ctrl-C; checkpoint and return the state.
 
-    A fresh hybrid run starts from the least-squares fit of its linear path (fitted here unless `linear_fitted`).
+    A fresh hybrid run starts from the least-squares fit of its linear path (fitted here unless `linear_fitted`,
+    which is also what a run started from `cfg.init_from`'s weights passes).
     `feature` adds the later-layer loss term. Rank 0 writes checkpoints and logs.
     """
     if not predictor.config.has_network:
@@ -441,8 +475,11 @@ def fit(
         state = load_training(stem, predictor, opt)
         predictor.to(d.device)
         log.info("resumed=%s step=%d wall_hours=%.3f", stem, state.step, state.wall_seconds / 3600)
+        if cfg.balance_rates != bool(state.reference):
+            raise CheckpointError(f"--resume: {stem} was trained {'with' if state.reference else 'without'} "
+                                  "--balance-rates; resume it the same way")  # fmt: skip
     else:
-        state = TrainState()
+        state = TrainState(init_from=cfg.init_from)
         if predictor.config.has_linear and not linear_fitted:
             fit_linear(predictor, feature_batches(cache, range(n_train), 400))
             predictor.to(d.device)
@@ -457,6 +494,9 @@ def fit(
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda" else contextlib.nullcontext()
     )
+    if cfg.balance_rates and not state.reference:
+        state.reference = rate_reference(predictor, z_train, d.device)
+        log.info("rate_reference=%s", {k: round(v, 5) for k, v in state.reference.items()})
     order = predictor.order
     start_time, start_wall, start_step = time.monotonic(), state.wall_seconds, state.step
     window: list[float] = []
@@ -491,6 +531,8 @@ def fit(
                     raise TrainingDivergedError(
                         f"loss={value} at step {state.step} (C={channels}, n={bits}); lower --lr"
                     )
+                if cfg.balance_rates:
+                    loss = loss / state.reference[f"{channels}/{bits}"]
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * min(1.0, (state.step + 1) / max(cfg.warmup, 1))
                 opt.zero_grad(set_to_none=True)

@@ -41,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="k of the hybrid's k x k linear path (default: %(default)s)")
     p.add_argument("--linear-from", type=Path, metavar="CKPT",
                    help="start the hybrid's linear path from this `baf fit-linear` checkpoint instead of fitting it")
+    p.add_argument("--init-from", type=Path, metavar="CKPT",
+                   help="start a new run from this checkpoint's weights (same kind, C, n, widths); "
+                   "its sidecar and the new one record where the run began")
+    p.add_argument("--balance-rates", action="store_true",
+                   help="divide each step's loss by the starting loss at its (C, n), so the high rates are not "
+                   "drowned by the low rates' larger errors (one-for-all runs)")
     p.add_argument("--feature-loss-layer", type=int, metavar="L",
                    help="add a loss term on model layer L's output (e.g. 10) beside eq. 7")
     p.add_argument("--feature-loss-weight", type=float, default=0.0,
@@ -93,6 +99,22 @@ def split_and_cache(args: argparse.Namespace, model: str, layer: int) -> tuple[A
     return split, cache, cache_dir
 
 
+def init_weights(predictor: Any, path: Path, model: str, layer: int) -> dict[str, Any]:
+    """Load `path`'s weights (a predictor of the same configuration) into `predictor`; what the sidecar records."""
+    from baf.errors import BafError
+    from baf.predictor import load_predictor, read_sidecar
+
+    source = load_predictor(path, model=model, layer=layer)
+    if source.config != predictor.config:
+        raise BafError(f"--init-from {path}: it is {source.config}, this run is {predictor.config}")
+    if source.split_digest() != predictor.split_digest():
+        raise BafError(f"--init-from {path}: made for another split (weights or channel order) than this run's")
+    predictor.load_state_dict(source.state_dict(), strict=True)
+    data, _ = read_sidecar(path)
+    steps = int((data.get("train") or {}).get("steps", 0))
+    return {"checkpoint": path.name, "sha256": source.source_sha256, "steps": steps}
+
+
 def run(args: argparse.Namespace) -> int:
     """Build or reuse the cache, set up the predictor, train, checkpoint."""
     import torch
@@ -120,6 +142,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise BafError(str(e)) from None
     linear_fitted = False
+    init_from = None
+    if args.init_from is not None:
+        if args.resume or args.linear_from is not None:
+            raise BafError("--init-from starts a new run from a whole checkpoint: not with --resume or --linear-from")
+        init_from = init_weights(predictor, args.init_from, spec.name, layer)
+        linear_fitted = True
     if args.linear_from is not None and not args.resume:
         if args.kind != "hybrid":
             raise BafError("--linear-from needs --kind hybrid")
@@ -151,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         heldout_every=args.heldout_every, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
         publish_dir=args.publish, command=shlex.join(["baf", *sys.argv[1:]]),
         feature_layer=args.feature_loss_layer, feature_weight=args.feature_loss_weight,
+        balance_rates=args.balance_rates, init_from=init_from,
     )  # fmt: skip
     state = fit(cfg, predictor, cache, resume=args.resume, linear_fitted=linear_fitted, feature=feature,
                 dist_info=Distributed.setup(use_cuda))

@@ -26,6 +26,7 @@ from baf.train import (
     fit,
     loss_on,
 )
+from baf.commands.train import init_weights
 from tests.unit.test_predictor import make
 
 
@@ -159,6 +160,52 @@ def test_feature_loss_term_is_added_and_recorded(tmp_path):
     assert side["train"]["feature_loss"] == {"layer": 10, "weight": 0.5}
     with pytest.raises(BafError, match="go together"):
         config(tmp_path, feature_layer=10)
+
+
+def test_balance_rates_divides_by_the_starting_loss_of_each_rate(tmp_path):
+    cache = toy_cache(tmp_path / "cache")
+    start, s0 = run(tmp_path, "start", cache, max_steps=0, balance_rates=True)
+    z_train = torch.from_numpy(np.array(cache.z[:-4])).float()  # heldout=4; the toy cache is below REFERENCE_IMAGES
+    with torch.no_grad():
+        expected = {f"{c}/{n}": float(loss_on(start, start.config, start.order, z_train, c, n))
+                    for c in (2, 4) for n in (2, 8)}  # fmt: skip
+    assert s0.reference.keys() == expected.keys()
+    for key, loss in expected.items():
+        assert s0.reference[key] == pytest.approx(loss, rel=1e-5)
+    plain, _ = run(tmp_path, "plain", cache, max_steps=4)
+    balanced, _ = run(tmp_path, "balanced", cache, max_steps=4, balance_rates=True)
+    assert any(not torch.equal(plain.state_dict()[k], v) for k, v in balanced.state_dict().items())
+    side = json.loads((tmp_path / "balanced" / "toy.json").read_text())["train"]
+    assert side["balance_rates"] is True and side["rate_reference"] == pytest.approx(s0.reference)
+
+
+def test_balanced_resume_keeps_its_reference_and_refuses_a_switch(tmp_path):
+    cache = toy_cache(tmp_path / "cache")
+    full, s_full = run(tmp_path, "full", cache, max_steps=6, balance_rates=True)
+    run(tmp_path, "split", cache, max_steps=3, balance_rates=True)
+    resumed, s_res = run(tmp_path, "split", cache, resume=True, max_steps=6, balance_rates=True)
+    assert s_res.curve == s_full.curve and s_res.reference == s_full.reference
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match="balance-rates"):
+        run(tmp_path, "split", cache, resume=True, max_steps=7)
+
+
+def test_init_from_copies_a_checkpoint_and_records_it(tmp_path):
+    cache = toy_cache(tmp_path / "cache")
+    trained, _ = run(tmp_path, "a", cache, max_steps=3)
+    fresh, _ = make()
+    record = init_weights(fresh, tmp_path / "a" / "toy.json", "toy", 3)
+    for k, v in trained.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[k], v, rtol=0, atol=0)
+    assert record["steps"] == 3 and record["sha256"] == load_predictor(tmp_path / "a" / "toy.json").source_sha256
+    state = fit(config(tmp_path / "b", init_from=record), fresh, cache, linear_fitted=True, progress=False)
+    assert state.step == 3
+    assert json.loads((tmp_path / "b" / "toy.json").read_text())["train"]["init_from"] == record
+    with pytest.raises(BafError, match="this run is"):
+        init_weights(make(channels=(4,))[0], tmp_path / "a" / "toy.json", "toy", 3)
+    with pytest.raises(BafError, match="another split"):
+        init_weights(make(seed=1)[0], tmp_path / "a" / "toy.json", "toy", 3)
 
 
 def test_config_and_cache_errors(tmp_path):
