@@ -473,6 +473,15 @@ def read_sidecar(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
     return data, side.with_name(str(data.get("weights", side.with_suffix(".safetensors").name)))
 
 
+def trained_steps(sidecar: dict[str, Any]) -> int | None:
+    """Training steps behind a checkpoint's weights: its run's plus those of the checkpoint it started from
+    (`baf train --init-from`); None for a checkpoint that was never trained."""
+    train = sidecar.get("train") or {}
+    if "steps" not in train:
+        return None
+    return int(train["steps"]) + int((train.get("init_from") or {}).get("steps", 0))
+
+
 def load_predictor(
     path: str | os.PathLike[str],
     *,

@@ -21,7 +21,7 @@ from baf.edge import EdgeEncoder
 from baf.evaluate import CocoDataset, EvalResult, EvalSettings, RateSummary, evaluate
 from baf.images import Letterbox
 from baf.models.split import Split
-from baf.predictor import BafPredictor, read_sidecar
+from baf.predictor import BafPredictor, read_sidecar, trained_steps
 from baf.ranking import Ranking
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def evaluate_bitstream(
     if predictor_path is not None:
         sidecar, _ = read_sidecar(predictor_path)
         if sidecar.get("sha256") == sha256:
-            steps = sidecar.get("train", {}).get("steps")
+            steps = trained_steps(sidecar)
         else:  # a training run republished the checkpoint since it was loaded: its steps are not ours
             log.warning("%s changed since it was loaded; its steps are not recorded", predictor_path)
     rate = RateSummary(

@@ -40,7 +40,7 @@ from typing import Any
 
 from baf.digest import sha256_file
 from baf.errors import CheckpointError
-from baf.predictor import read_sidecar
+from baf.predictor import read_sidecar, trained_steps
 from baf.rate import bd_rate, pareto_front
 
 log = logging.getLogger("experiments")
@@ -563,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sha256 = {k: str(v.source_sha256) for k, v in predictors.items()}
     serves = {k: {"channels": list(v.config.channels), "bits": list(v.config.bits)} for k, v in predictors.items()}
     log.info("predictor %s: sha256 %s, %s steps", args.predictor.name, sha256[None][:16],
-             read_sidecar(paths[None])[0].get("train", {}).get("steps"))
+             trained_steps(read_sidecar(paths[None])[0]))
     context = {"split": split, "ranking": ranking, "dataset": dataset, "spec": spec, "predictors": predictors,
                "predictor_paths": paths}
     cache = args.out / "evals"

@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 from baf import ops
 from baf.errors import BafError, CheckpointError, TrainingDivergedError
-from baf.predictor import load_predictor, make_inputs
+from baf.predictor import load_predictor, make_inputs, trained_steps
 from baf.train import (
     CACHE_FORMAT,
     FeatureCache,
@@ -201,7 +201,8 @@ def test_init_from_copies_a_checkpoint_and_records_it(tmp_path):
     assert record["steps"] == 3 and record["sha256"] == load_predictor(tmp_path / "a" / "toy.json").source_sha256
     state = fit(config(tmp_path / "b", init_from=record), fresh, cache, linear_fitted=True, progress=False)
     assert state.step == 3
-    assert json.loads((tmp_path / "b" / "toy.json").read_text())["train"]["init_from"] == record
+    side = json.loads((tmp_path / "b" / "toy.json").read_text())
+    assert side["train"]["init_from"] == record and trained_steps(side) == 6
     with pytest.raises(BafError, match="this run is"):
         init_weights(make(channels=(4,))[0], tmp_path / "a" / "toy.json", "toy", 3)
     with pytest.raises(BafError, match="another split"):
