@@ -5,12 +5,12 @@ one quantizes and codes (the codec, and the hevc stream encoder's state, belong 
 writes outputs. At most `window` frames are in flight without a result, so the server can batch them.
 
 Reconnecting: the Stream call is reopened on a fresh channel after UNAVAILABLE (or grpc aio's INTERNAL
-that hides it, see `stream_lost`, or a stream that ends with frames unanswered), with jittered exponential backoff (x1.6, +-20%, capped; grpc's
-connection-backoff.md), and every frame without a result is resent, in order, under its own sequence.
-Outcomes are keyed by sequence, so each frame is reported exactly once. With the hevc stream codec
-each new connection restarts the encoder, so the first resent frame is intra (the server's per-stream
-decoder is new); an error answer restarts it too. The client gives up when no frame has been
-answered for `reconnect_timeout_s`.
+that hides it, see `stream_lost`, or a stream that ends with frames unanswered), with jittered
+exponential backoff (x1.6, +-20%, capped; grpc's connection-backoff.md), and every frame without a
+result is resent, in order, under its own sequence. Outcomes are keyed by sequence, so each frame is
+reported exactly once. With the hevc stream codec each new connection restarts the encoder, so the first
+resent frame is intra (the server's per-stream decoder is new); an error answer restarts it too. The
+client gives up when no frame has been answered for `reconnect_timeout_s`.
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ def split_and_cache(args: argparse.Namespace, model: str, layer: int) -> tuple[A
 def init_weights(predictor: Any, path: Path, model: str, layer: int) -> dict[str, Any]:
     """Load `path`'s weights (a predictor of the same configuration) into `predictor`; what the sidecar records."""
     from baf.errors import BafError
-    from baf.predictor import load_predictor, read_sidecar
+    from baf.predictor import load_predictor, read_sidecar, trained_steps
 
     source = load_predictor(path, model=model, layer=layer)
     if source.config != predictor.config:
@@ -110,8 +110,7 @@ def init_weights(predictor: Any, path: Path, model: str, layer: int) -> dict[str
     if source.split_digest() != predictor.split_digest():
         raise BafError(f"--init-from {path}: made for another split (weights or channel order) than this run's")
     predictor.load_state_dict(source.state_dict(), strict=True)
-    data, _ = read_sidecar(path)
-    steps = int((data.get("train") or {}).get("steps", 0))
+    steps = trained_steps(read_sidecar(path)[0]) or 0
     return {"checkpoint": path.name, "sha256": source.source_sha256, "steps": steps}
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from baf import ops
+from baf.commands.train import init_weights
 from baf.errors import BafError, CheckpointError, TrainingDivergedError
 from baf.predictor import load_predictor, make_inputs, trained_steps
 from baf.train import (
@@ -26,7 +27,6 @@ from baf.train import (
     fit,
     loss_on,
 )
-from baf.commands.train import init_weights
 from tests.unit.test_predictor import make
 
 
