@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from baf.digest import sha256_file
 from baf.errors import CheckpointError
+from baf.gram import Gram
 from baf.ops import clamp_to_bins_torch, dequantize_torch, quantize_torch
 
 log = logging.getLogger(__name__)
@@ -333,7 +334,7 @@ class NormalEquations:
             raise ValueError(f"bits: expected 1..16 or None, got {bits}")
         self.config, self.bits = config, bits
         self.dim = config.max_channels * config.linear_kernel**2 + 1
-        self.gram = torch.zeros(self.dim, self.dim, dtype=torch.float64)
+        self.gram = Gram(self.dim)
         self.rhs = torch.zeros(self.dim, config.out_channels, dtype=torch.float64)
         self.samples = 0
 
@@ -358,7 +359,7 @@ class NormalEquations:
         ones = torch.ones(feats.shape[0], 1, feats.shape[2])
         a = torch.cat((feats, ones), 1).transpose(0, 1).reshape(self.dim, -1)
         t = z.transpose(0, 1).reshape(z.shape[1], -1)
-        self.gram += (a @ a.T).double()
+        self.gram.add(a)
         self.rhs += (a @ t.T).double()
         self.samples += a.shape[1]
 
@@ -372,7 +373,7 @@ class NormalEquations:
             raise ValueError("no features added")
         k2 = self.config.linear_kernel**2
         keep = torch.cat((torch.arange(channels * k2), torch.tensor([self.dim - 1])))
-        g = self.gram[keep][:, keep]
+        g = self.gram.matrix(keep)
         lam = ridge * float(g.diagonal()[:-1].mean())
         g = g + lam * torch.eye(len(keep), dtype=torch.float64)
         g[-1, -1] -= lam

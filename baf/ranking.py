@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from baf.errors import RankingError
+from baf.gram import Gram
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class PatchStats:
         dim = channels * kernel * kernel
         self.count = 0
         self.sum = torch.zeros(dim, dtype=torch.float64)
-        self.gram = torch.zeros(dim, dim, dtype=torch.float64)
+        self.gram = Gram(dim)
 
     def update(self, z: Tensor) -> None:
         """Add a batch Z [B,P,h,w] (any float dtype); products in float32 per batch, summed in float64."""
@@ -131,14 +132,14 @@ class PatchStats:
         a = a.transpose(0, 1).reshape(self.sum.shape[0], -1)
         self.count += a.shape[1]
         self.sum += a.sum(1).double()
-        self.gram += (a @ a.T).double()
+        self.gram.add(a)
 
     def covariance(self) -> Tensor:
         """Covariance of the neighbourhood features (float64 [P*k*k, P*k*k])."""
         if self.count < 2:
             raise RankingError("no statistics yet: rank needs at least one image")
         mean = self.sum / self.count
-        return self.gram / self.count - torch.outer(mean, mean)
+        return self.gram.matrix() / self.count - torch.outer(mean, mean)
 
 
 def restoration_order(stats: PatchStats, ridge: float = 1e-6) -> tuple[list[int], list[float]]:

@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from baf.argtypes import int_list, odd_int, positive_int, span_label
@@ -50,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build or reuse the feature cache, stream the normal equations, solve, write the checkpoint."""
     import torch
+    from tqdm import tqdm
 
     from baf.commands.train import split_and_cache
     from baf.errors import BafError
@@ -74,14 +76,21 @@ def run(args: argparse.Namespace) -> int:
                                             linear_bits=args.quantized_fits)
     except ValueError as e:
         raise BafError(str(e)) from None
+    images = min(n_train, args.max_images or n_train)
     start = time.monotonic()
-    samples = fit_linear(predictor, feature_batches(cache, range(n_train), args.max_images), ridge=args.ridge)
+    with tqdm(total=images, desc="fit-linear", unit="img", disable=None) as bar:  # shown on a terminal only
+        def counted() -> Iterator[torch.Tensor]:
+            for z in feature_batches(cache, range(n_train), args.max_images):
+                yield z
+                bar.update(z.shape[0])
+
+        samples = fit_linear(predictor, counted(), ridge=args.ridge)
     seconds = time.monotonic() - start
     held = heldout_loss(predictor, torch.from_numpy(cache.z[n_train:].astype("float32")), torch.device("cpu"))
     stem = args.out or Path("baf/checkpoints") / f"{spec.name}_l{layer}_linear_c{span_label(args.channels)}_k{args.kernel}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     extra = {"train": {
-        "data_id": cache.data_id, "command": shlex.join(["baf", *sys.argv[1:]]), "images": min(n_train, args.max_images or n_train),
+        "data_id": cache.data_id, "command": shlex.join(["baf", *sys.argv[1:]]), "images": images,
         "samples": samples, "ridge": args.ridge, "wall_hours": round(seconds / 3600, 4), "steps": 0,
         "heldout_images": args.heldout, "heldout_curve": [{"step": 0, **held}],
     }}  # fmt: skip
