@@ -8,7 +8,7 @@ and the cloud's frame decoder; the normal equations map those decoded channels t
 P channels. The solution replaces the base (unquantized) C fit of --predictor, written as a new checkpoint
 at --out. Score it against the original on the same configuration:
 
-    python bench/codec_aware_fit.py --predictor baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k5.json \
+    python bench/codec_aware_fit.py --predictor baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k9.json \
         --channels 128 --bits 6 --qp 40 --max-images 500 --out runs/codecfit/c128_n6_qp40
     baf eval --data ../shared/data/coco-val164 --predictor runs/codecfit/c128_n6_qp40.json \
         --channels 128 --bits 6 --codec hevc --qp 40

@@ -46,7 +46,7 @@ from baf.rate import bd_rate, pareto_front
 log = logging.getLogger("experiments")
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_PREDICTOR = REPO / "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k5.json"
+DEFAULT_PREDICTOR = REPO / "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k9.json"
 MODEL = "yolov3-tiny"
 FIG3_CHANNELS = (8, 16, 32, 64, 128)
 FIG4_CHANNELS = 64

@@ -48,7 +48,7 @@ from baf.sources import open_source
 from client.demo import DEMO_CLIP  # Debian opencv-doc's clip, installed by `make sysdeps`
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_PREDICTOR = REPO / "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k5.json"
+DEFAULT_PREDICTOR = REPO / "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k9.json"
 HEVC_QPS = (27, 32, 37, 42, 47)
 FEATURE_CONFIGS = ((64, 8, 27), (64, 8, 37), (64, 8, 47), (32, 6, 37), (16, 6, 37))
 MODEL = "yolov3-tiny"

@@ -21,7 +21,7 @@ from baf.roundtrip import BitstreamPath
 
 pytestmark = pytest.mark.slow
 
-CHECKPOINT = Path(__file__).resolve().parents[2] / "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k5.json"
+CHECKPOINT = Path(__file__).resolve().parents[2] / "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k9.json"
 LIMIT = 3
 
 

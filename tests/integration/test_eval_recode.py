@@ -12,7 +12,7 @@ from baf.cli import main
 from baf.evaluate import CocoDataset
 
 pytestmark = pytest.mark.slow
-CHECKPOINT = Path(__file__).resolve().parents[2] / "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k5.json"
+CHECKPOINT = Path(__file__).resolve().parents[2] / "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k9.json"
 
 
 def test_jpeg_recode_writes_the_rate_keys(shared_data, tmp_path, capsys):

@@ -238,7 +238,7 @@ def test_no_secret_in_logs_or_metric_labels(pki, tmp_path: Path, caplog: pytest.
     assert "127.0.0.1" not in exposition and "client" not in {v for s in exposition.splitlines() for v in s.split('"')}
 
 
-SHIPPED_CHECKPOINT = "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k5"
+SHIPPED_CHECKPOINT = "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k9"
 
 
 @pytest.fixture
