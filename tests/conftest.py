@@ -6,6 +6,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+# The shipped one-for-all checkpoint (stem, relative to REPO): the one place tests name it.
+SHIPPED_CHECKPOINT = "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k9"
 
 
 @pytest.fixture(scope="session")

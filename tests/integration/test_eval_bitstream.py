@@ -18,10 +18,11 @@ from baf.models.zoo import load_split
 from baf.ranking import load_ranking
 from baf.rate import frame_rate
 from baf.roundtrip import BitstreamPath
+from tests.conftest import REPO, SHIPPED_CHECKPOINT
 
 pytestmark = pytest.mark.slow
 
-CHECKPOINT = Path(__file__).resolve().parents[2] / "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k9.json"
+CHECKPOINT = REPO / f"{SHIPPED_CHECKPOINT}.json"
 LIMIT = 3
 
 

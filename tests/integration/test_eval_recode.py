@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from baf.cli import main
 from baf.evaluate import CocoDataset
+from tests.conftest import REPO, SHIPPED_CHECKPOINT
 
 pytestmark = pytest.mark.slow
-CHECKPOINT = Path(__file__).resolve().parents[2] / "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k9.json"
+CHECKPOINT = REPO / f"{SHIPPED_CHECKPOINT}.json"
 
 
 def test_jpeg_recode_writes_the_rate_keys(shared_data, tmp_path, capsys):

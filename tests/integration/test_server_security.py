@@ -36,6 +36,7 @@ from server.config import ServerConfig
 from server.metrics import LIMITS, STAGES
 from server.servicer import SERVICE_NAME, status_label
 from server.testing import background
+from tests.conftest import SHIPPED_CHECKPOINT
 from tests.integration.server_util import REPO, encode_frames
 
 pytestmark = pytest.mark.slow
@@ -236,9 +237,6 @@ def test_no_secret_in_logs_or_metric_labels(pki, tmp_path: Path, caplog: pytest.
                 assert label in allowed, (family.name, label)
                 assert allowed[label] is None or value in allowed[label], (family.name, label, value)
     assert "127.0.0.1" not in exposition and "client" not in {v for s in exposition.splitlines() for v in s.split('"')}
-
-
-SHIPPED_CHECKPOINT = "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k9"
 
 
 @pytest.fixture
