@@ -26,6 +26,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -472,6 +473,29 @@ def read_sidecar(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{side}: format {found!r}, expected {FORMAT!r}")
     return data, side.with_name(str(data.get("weights", side.with_suffix(".safetensors").name)))
+
+
+KIND_PREFERENCE = {"hybrid": 2, "linear": 1, "baf": 0}  # among packaged checkpoints serving as many (C, n)
+
+
+def packaged_checkpoint(model: str, layer: int, ranking_id: str) -> Path:
+    """The packaged predictor checkpoint (sidecar path) for this split and ranking serving the most (C, n);
+    among equals a hybrid (trained on top of its least-squares start) before a linear before a plain baf."""
+    candidates: list[tuple[int, int, str, Path]] = []
+    folder = Path(str(resources.files("baf") / "checkpoints"))
+    for side in sorted(folder.glob("*.json")):
+        try:
+            data, _ = read_sidecar(side)
+        except CheckpointError as e:
+            log.warning("skipping packaged checkpoint path=%s reason=%s", side.name, e)
+            continue
+        if (data.get("model"), data.get("layer"), data.get("ranking_id")) == (model, layer, ranking_id):
+            served = len(data.get("channels", [])) * len(data.get("bits", []))
+            candidates.append((served, KIND_PREFERENCE.get(str(data.get("kind")), -1), side.name, side))
+    if not candidates:
+        raise CheckpointError(f"no packaged predictor checkpoint for {model} layer {layer} ranking {ranking_id} "
+                              f"in {folder}")
+    return max(candidates, key=lambda c: c[:3])[3]
 
 
 def trained_steps(sidecar: dict[str, Any]) -> int | None:

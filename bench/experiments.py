@@ -46,7 +46,6 @@ from baf.rate import bd_rate, pareto_front
 log = logging.getLogger("experiments")
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_PREDICTOR = REPO / "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k9.json"
 MODEL = "yolov3-tiny"
 FIG3_CHANNELS = (8, 16, 32, 64, 128)
 FIG4_CHANNELS = 64
@@ -531,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="COCO-style folder (images/ + instances_*.json)")
     p.add_argument("--out", type=Path, default=REPO / "results", help="results folder (default: results/)")
-    p.add_argument("--predictor", type=Path, default=DEFAULT_PREDICTOR, help="one-for-all checkpoint")
+    p.add_argument("--predictor", type=Path, help="one-for-all checkpoint (default: the packaged one the server uses)")
     p.add_argument("--compare", type=Path, nargs="*", default=[], help="checkpoints to compare at C=64 n=8")
     p.add_argument("--snapshot", type=Path, default=REPO / "runs/experiments/predictor",
                    help="where the checkpoints are copied before use (default: runs/experiments/predictor)")
@@ -548,13 +547,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from baf.evaluate import CocoDataset
     from baf.models.zoo import get_spec, load_split
-    from baf.predictor import load_predictor
+    from baf.predictor import load_predictor, packaged_checkpoint
     from baf.ranking import find_ranking
 
     torch.set_num_threads(args.threads)
     spec = get_spec(MODEL)
     split = load_split(MODEL, spec.split_layer)
     ranking = find_ranking(MODEL, split.layer)
+    args.predictor = args.predictor or packaged_checkpoint(MODEL, split.layer, ranking.id)
     dataset = CocoDataset.open(args.data, args.limit)
     paths: dict[Path | None, Path] = {}
     for key, path in [(None, args.predictor), *((c, c) for c in args.compare)]:

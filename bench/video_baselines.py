@@ -41,14 +41,12 @@ from baf.models.darknet import Darknet
 from baf.models.detect import Detections
 from baf.models.split import Split, split
 from baf.models.zoo import get_spec, load_model
-from baf.predictor import BafPredictor, load_predictor, read_sidecar
+from baf.predictor import BafPredictor, load_predictor, packaged_checkpoint, read_sidecar
 from baf.ranking import Ranking, find_ranking
 from baf.recode import decode_hevc, encode_hevc_video, scale_to_long_side
 from baf.sources import open_source
 from client.demo import DEMO_CLIP  # Debian opencv-doc's clip, installed by `make sysdeps`
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_PREDICTOR = REPO / "baf/checkpoints/yolov3-tiny_l8_linear_c8-128_k9.json"
 HEVC_QPS = (27, 32, 37, 42, 47)
 FEATURE_CONFIGS = ((64, 8, 27), (64, 8, 37), (64, 8, 47), (32, 6, 37), (16, 6, 37))
 MODEL = "yolov3-tiny"
@@ -155,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(MODEL)
     cut = split(model, spec.split_layer)
     ranking = find_ranking(spec.name, cut.layer)
+    args.predictor = args.predictor or packaged_checkpoint(spec.name, cut.layer, ranking.id)
     predictor = load_predictor(args.predictor, model=spec.name, layer=cut.layer, ranking_id=ranking.id)
     for channels, bits, _ in args.feature_configs:
         try:
@@ -215,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hevc-qps", type=_ints, default=HEVC_QPS, help="default: 27,32,37,42,47")
     p.add_argument("--feature-configs", type=_configs, default=FEATURE_CONFIGS,
                    help="C:n:QP items (default: 64:8:27,64:8:37,64:8:47,32:6:37,16:6:37)")
-    p.add_argument("--predictor", type=Path, default=DEFAULT_PREDICTOR, help="checkpoint (default: %(default)s)")
+    p.add_argument("--predictor", type=Path, help="checkpoint (default: the packaged one the server uses)")
     p.add_argument("--json", type=Path, help="write the rows and settings here")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     args = p.parse_args(argv)

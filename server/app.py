@@ -15,7 +15,6 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -53,36 +52,9 @@ def resolve_device(name: str) -> Any:
     return torch.device(name)
 
 
-KIND_PREFERENCE = {"hybrid": 2, "linear": 1, "baf": 0}
-
-
-def packaged_checkpoint(model: str, layer: int, ranking_id: str) -> Path:
-    """The packaged predictor checkpoint (sidecar path) for this split and ranking serving the most (C, n);
-    among equals a hybrid (trained on top of its least-squares start) before a linear before a plain baf."""
-    from baf.predictor import read_sidecar
-
-    candidates: list[tuple[int, int, str, Path]] = []
-    folder = Path(str(resources.files("baf") / "checkpoints"))
-    for side in sorted(folder.glob("*.json")):
-        try:
-            data, _ = read_sidecar(side)
-        except CheckpointError as e:
-            log.warning("skipping packaged checkpoint path=%s reason=%s", side.name, e)
-            continue
-        if (data.get("model"), data.get("layer"), data.get("ranking_id")) == (model, layer, ranking_id):
-            served = len(data.get("channels", [])) * len(data.get("bits", []))
-            candidates.append((served, KIND_PREFERENCE.get(str(data.get("kind")), -1), side.name, side))
-    if not candidates:
-        raise ConfigError(
-            f"no packaged predictor checkpoint for {model} layer {layer} ranking {ranking_id} in {folder}; "
-            "pass --predictor PATH (BAF_PREDICTOR) or --restoration zeros"
-        )
-    return max(candidates, key=lambda c: c[:3])[3]
-
-
 def load_pipeline(cfg: ServerConfig) -> tuple[CloudPipeline, Served]:
     """The model side on its device, with the configured restorer, and what it serves."""
-    from baf.predictor import load_predictor
+    from baf.predictor import load_predictor, packaged_checkpoint
 
     device = resolve_device(cfg.device)
     settings = DetectSettings(conf_threshold=cfg.conf_threshold, iou_threshold=cfg.iou_threshold)
@@ -90,7 +62,10 @@ def load_pipeline(cfg: ServerConfig) -> tuple[CloudPipeline, Served]:
     split, ranking = pipeline.split, pipeline.ranking
     served = Served(restoration="zeros", codecs=tuple(available_codecs()))
     if cfg.restoration == "predictor":
-        path = cfg.predictor or packaged_checkpoint(split.model.name, split.layer, ranking.id)
+        try:
+            path = cfg.predictor or packaged_checkpoint(split.model.name, split.layer, ranking.id)
+        except CheckpointError as e:
+            raise ConfigError(f"{e}; pass --predictor PATH (BAF_PREDICTOR) or --restoration zeros") from None
         predictor = load_predictor(path, model=split.model.name, layer=split.layer, ranking_id=ranking.id,
                                    map_location=device)
         pipeline = CloudPipeline(split, ranking, restorer=predictor, settings=settings)
