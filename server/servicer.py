@@ -235,13 +235,15 @@ class DetectionServicer(pb_grpc.DetectionServiceServicer):
                 if await reader:  # stopped reading because the server drains
                     await context.abort(_S.UNAVAILABLE, "server is draining; reconnect to continue")
             finally:
+                # Bookkeeping first, then one shielded await: a second cancellation of the call (gRPC may deliver
+                # one while this block awaits) must neither skip the gauge nor abandon the decoder's close.
+                self._m.active_streams.dec()
                 reader.cancel()
                 while not pending.empty():
                     left = pending.get_nowait()
                     if left is not None and left.future is not None:
                         left.future.cancel()
-                await asyncio.get_running_loop().run_in_executor(self._pool, decoder.close)
-                self._m.active_streams.dec()
+                await asyncio.shield(asyncio.get_running_loop().run_in_executor(self._pool, decoder.close))
 
     # ------------------------------------------------------------------ stream pieces
 
