@@ -7,9 +7,10 @@ k x k least-squares map from the C ranked channels to all P (as `baf fit-linear`
 of Z minus that prediction over the training images, keep its top k eigenvectors (C=0: the covariance of Z
 itself, a plain KLT). The restoration is then refitted with the C + k sent channels as its inputs.
 
-Each configuration RANKED:VIRTUAL:BITS is scored on the evaluation folder like `baf eval --codec jxl`: each
-sent channel quantized to n bits (eq. 4, fp16 min/max side info), tiled, coded with lossless JPEG XL; bytes
-are the payload plus the header and side info of a `.baf` bitstream; eq. 6 clamps the ranked channels.
+Each configuration RANKED:VIRTUAL:BITS is scored on the evaluation folder like `baf eval --codec jxl`: the
+sent channels go through the edge encoder's `.baf` bitstream (eq. 4 per channel, fp16 min/max side info,
+tiled, lossless JPEG XL) and the cloud's frame decoder; bytes are whole bitstreams; eq. 6 clamps the ranked
+channels.
 Fits at n <= 3 use n-bit inputs, as the shipped checkpoint's `--quantized-fits 2,3` do. Example (val164,
 5x5, 500 training images, about 15 minutes on two threads):
 
@@ -36,7 +37,7 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from baf import ops
-from baf.bitstream import HEADER_BYTES, MAX_QP, SIDE_INFO_BYTES_PER_CHANNEL
+from baf.bitstream import MAX_QP
 from baf.cli import guarded, setup_logging
-from baf.edge import build_codec
+from baf.cloud import FrameDecoder
+from baf.edge import EdgeEncoder
 from baf.errors import BafError
 from baf.evaluate import CocoDataset, evaluate
+from baf.images import Letterbox
 from baf.models.split import Split
 from baf.models.zoo import get_spec, load_split
 from baf.ops import dequantize_torch, quantize_torch
@@ -138,6 +141,8 @@ class Fitter:
         self.kernel, self.images, self.ridge = kernel, images, ridge
         self.indices = range(n_train)
         self.order = torch.tensor(ranking.order[: split.channels])
+        self.config = BafPredictor.from_split(split, ranking, channels=(1,), bits=(8,), kind="linear",
+                                              linear_kernel=kernel).config  # one width per fit, see `fit`
 
     def batches(self) -> Any:
         """Float32 Z batches of the training images used for every fit."""
@@ -145,9 +150,7 @@ class Fitter:
 
     def fit(self, basis: Basis, bits: int | None) -> tuple[Tensor, Tensor]:
         """(weight [P,W,k,k], bias [P]) of the k x k map from what `basis` sends (n-bit when `bits`) to all P."""
-        config = BafPredictor.from_split(self.split, self.ranking, channels=(basis.width,), bits=(8,), kind="linear",
-                                         linear_kernel=self.kernel).config  # fmt: skip
-        eqs = NormalEquations(config)
+        eqs = NormalEquations(replace(self.config, channels=(basis.width,)))
         for z in self.batches():
             x = basis.send(z)
             if bits is not None:
@@ -196,35 +199,39 @@ class Fitter:
         return basis
 
 
-def score(split: Split, dataset: CocoDataset, category_ids: list[int], basis: Basis, bits: int, qp: int | None,
-          weight: Tensor, bias: Tensor) -> dict[str, Any]:
-    """AP, AP50 and mean bytes of sending `basis` at n=`bits` (JPEG XL, or HEVC intra at `qp`) on `dataset`."""
-    codec = build_codec("jxl" if qp is None else "hevc", bits, qp=qp)
+def score(split: Split, ranking: Ranking, dataset: CocoDataset, category_ids: list[int], basis: Basis, bits: int,
+          qp: int | None, weight: Tensor, bias: Tensor) -> dict[str, Any]:
+    """AP, AP50 and mean bytes of sending `basis` at n=`bits` (JPEG XL, or HEVC intra at `qp`) on `dataset`: each
+    image's sent channels go through the edge encoder's bitstream and the cloud's frame decoder."""
+    encoder = EdgeEncoder(split, ranking, channels=basis.width, bits=bits, codec="jxl" if qp is None else "hevc",
+                          qp=qp)  # fmt: skip
+    decoder = FrameDecoder()
     sizes: list[int] = []
-    side = HEADER_BYTES + SIDE_INFO_BYTES_PER_CHANNEL * basis.width
     rows = [i for i, c in enumerate(basis.channels) if c >= 0]
     targets = [basis.channels[i] for i in rows]
 
     def transform(z: Tensor, boxes: object = ()) -> Tensor:
+        side = int(z.shape[-1]) * split.feature_stride  # the header's placement; the bytes do not depend on it
+        box = Letterbox.fit(side, side, side)
         out = []
         for s in basis.send(z.float()):
-            q, lo, hi = ops.quantize(np.ascontiguousarray(s.numpy()), bits)
-            tile = ops.tile(q)
-            payload = codec.encode(tile)
-            sizes.append(len(payload) + side)
-            if qp is not None:  # the cloud sees the lossy codec's decoded levels
-                q = ops.untile(codec.decode(payload, tile.shape), *q.shape)
-            z_hat = torch.from_numpy(ops.dequantize(q, lo, hi, bits))
-            restored = F.conv2d(z_hat[None], weight, bias, padding=weight.shape[-1] // 2)[0]
+            frame = decoder.decode(encoder.encode_features(s.numpy(), box))
+            sizes.append(frame.size_bytes)
+            restored = F.conv2d(torch.from_numpy(frame.z)[None], weight, bias, padding=weight.shape[-1] // 2)[0]
             if rows:
-                clamped = ops.clamp_to_bins(restored[targets].contiguous().numpy(), q[rows], lo[rows], hi[rows], bits)
+                clamped = ops.clamp_to_bins(restored[targets].contiguous().numpy(), frame.q[rows], frame.lo[rows],
+                                            frame.hi[rows], bits)  # fmt: skip
                 restored[targets] = torch.from_numpy(clamped)
             out.append(restored)
         return torch.stack(out).to(z.dtype)
 
-    result = evaluate(split.model, dataset, category_ids, split=split, z_transform=transform, progress=False)
-    return {"bits": bits, "codec": codec.name, "qp": qp, "AP": result.stats["AP"], "AP50": result.stats["AP50"],
-            "mean_bytes": float(np.mean(sizes)), "images": result.images}  # fmt: skip
+    try:
+        result = evaluate(split.model, dataset, category_ids, split=split, z_transform=transform, progress=False)
+    finally:
+        encoder.close()
+        decoder.close()
+    return {"bits": bits, "codec": encoder.codec.name, "qp": qp, "AP": result.stats["AP"],
+            "AP50": result.stats["AP50"], "mean_bytes": float(np.mean(sizes)), "images": result.images}  # fmt: skip
 
 
 def jobs(args: argparse.Namespace, fitter: Fitter) -> Iterator[tuple[tuple[Any, ...], Basis, int, int | None]]:
@@ -265,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
             fits[(*key, fit_bits)] = fitter.fit(basis, fit_bits)
         ranked = sum(c >= 0 for c in basis.channels)
         row = {"sequence": key[0], "channels": basis.width, "ranked": ranked, "virtual": basis.width - ranked,
-               **score(split, dataset, spec.category_ids, basis, bits, qp, *fits[(*key, fit_bits)]),
+               **score(split, ranking, dataset, spec.category_ids, basis, bits, qp, *fits[(*key, fit_bits)]),
                "seconds": round(time.monotonic() - start, 1)}  # fmt: skip
         rows.append(row)
         print(f"{key[0]:>8} {basis.width:>4} {ranked:>6} {basis.width - ranked:>7} {bits:>2} {qp or '-':>3} "
