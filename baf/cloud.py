@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from baf import bitstream, ops
+from baf.basis import SentBasis
 from baf.bitstream import Header
 from baf.codecs.hevc import HevcStreamDecoder
 from baf.errors import BafError, BitstreamError, HeaderMismatchError, ModelError
@@ -54,10 +55,10 @@ def _stage(timer: StageTimer | None, name: str, device: torch.device | None = No
 
 
 class Restorer(Protocol):
-    """Restores all P channels of Z from the first C ranked ones (on the model's device)."""
+    """Restores all P channels of Z from the first C sent ones (on the model's device)."""
 
     def restore(self, q: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
-        """q [B,C,h,w] int32 (the first C ranked channels), lo/hi [B,C] float16 -> Z [B,P,h,w], model channel order.
+        """q [B,C,h,w] int32 (the first C sent rows), lo/hi [B,C] float16 -> Z [B,P,h,w], model channel order.
 
         Raises ValueError when it cannot serve this C or n.
         """
@@ -65,19 +66,20 @@ class Restorer(Protocol):
 
 
 class ZerosRestorer:
-    """The transmitted channels dequantized (eq. 5) in their ranked positions; every other channel zero."""
+    """The transmitted ranked channels dequantized (eq. 5) in their places; every other channel zero (virtual
+    rows, fixed mixtures of all P, have no place of their own and are dropped)."""
 
     name = "zeros"
 
-    def __init__(self, order: Sequence[int], channels_total: int) -> None:
-        self.order = torch.as_tensor(list(order), dtype=torch.long)
-        self.channels_total = channels_total
+    def __init__(self, basis: SentBasis) -> None:
+        self.basis = basis
 
     def restore(self, q: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
-        """Z [B,P,h,w]: dequantized q at channels order[:C], zeros elsewhere."""
+        """Z [B,P,h,w]: the dequantized ranked rows of q at their channels, zeros elsewhere."""
         z = ops.dequantize_torch(q, lo, hi, bits)
-        out = z.new_zeros((z.shape[0], self.channels_total, *z.shape[2:]))
-        out[:, self.order[: z.shape[1]].to(z.device)] = z
+        (rows, channels), _ = self.basis.prefix(z.shape[1]).split_rows()
+        out = z.new_zeros((z.shape[0], self.basis.total, *z.shape[2:]))
+        out[:, channels.to(z.device)] = z[:, rows.to(z.device)]
         return out
 
 
@@ -173,7 +175,7 @@ class CloudPipeline:
                 f"not {split.model.name} layer {split.layer}"
             )
         self.split, self.ranking = split, ranking
-        self.restorer: Restorer = restorer or ZerosRestorer(ranking.order, split.channels)
+        self.restorer: Restorer = restorer or ZerosRestorer(ranking.basis())
         self.restoration = getattr(self.restorer, "name", type(self.restorer).__name__)
         self.settings = settings or DetectSettings()
 

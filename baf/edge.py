@@ -1,7 +1,8 @@
 """The edge encoder: one RGB frame in, one `.baf` bitstream out.
 
-letterbox -> edge half (BN output Z of the split layer) -> the first C channels of the ranking, in
-ranking order -> n-bit quantization (eq. 4) -> tile -> payload codec -> bitstream (`baf.bitstream`).
+letterbox -> edge half (BN output Z of the split layer) -> the first C rows of the ranking's sequence (ranked
+channels, and for a residual-pca ranking also virtual channels: fixed directions over all P, a 1x1 conv) ->
+n-bit quantization (eq. 4) -> tile -> payload codec -> bitstream (`baf.bitstream`).
 An `EdgeEncoder` serves one stream: it numbers the frames, and with `stream=True` (hevc only) keeps
 one long-lived `HevcStreamEncoder` whose frames predict from earlier ones.
 """
@@ -97,7 +98,7 @@ class EdgeEncoder:
             self.codec = HevcStreamEncoder(bits=bits, qp=qp)
         self.stream = stream
         self.sequence = first_sequence
-        self._order = np.asarray(ranking.order[:channels])
+        self._basis = ranking.basis().prefix(channels)
 
     @classmethod
     def load(cls, config: EdgeConfig) -> EdgeEncoder:
@@ -112,7 +113,7 @@ class EdgeEncoder:
         )  # fmt: skip
 
     def features(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        """(Z of the first C ranked channels [C,h,w] float32, in ranking order; the letterbox placement)."""
+        """(the first C sent channels [C,h,w] float32, in sequence order; the letterbox placement)."""
         if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
             got = f"{image.dtype} {list(image.shape)}" if isinstance(image, np.ndarray) else type(image).__name__
             raise BafError(f"frame must be RGB uint8 [H,W,3], got {got}")
@@ -120,11 +121,11 @@ class EdgeEncoder:
         return self.select(z[0]), box
 
     def select(self, z: Tensor) -> np.ndarray:
-        """The first C ranked channels [C,h,w] float32 (ranking order) of one image's edge output Z [P,h,w]."""
-        return np.ascontiguousarray(z[self._order].float().cpu().numpy())
+        """The first C sent channels [C,h,w] float32 (sequence order) of one image's edge output Z [P,h,w]."""
+        return np.ascontiguousarray(self._basis.send(z.float()).cpu().numpy())
 
     def encode_features(self, z: np.ndarray, box: Letterbox, sequence: int | None = None) -> bytes:
-        """The bitstream of ranked features z [C,h,w] (from `features`) placed by `box`.
+        """The bitstream of sent features z [C,h,w] (from `features`) placed by `box`.
 
         `sequence` defaults to the encoder's next number; the encoder's count moves past it either way.
         """

@@ -1,4 +1,4 @@
-"""Predictors that restore all P channels of Z from its first C ranked channels, and their checkpoints.
+"""Predictors that restore all P channels of Z from its first C sent channels, and their checkpoints.
 
 Three kinds, named in the sidecar and served by the same `restore`:
 - `baf`, the paper's Back-and-Forth predictor (section 3.3, Fig. 2): inverse BN on the C channels, the backward
@@ -10,6 +10,10 @@ Three kinds, named in the sidecar and served by the same `restore`:
 - `hybrid`: the linear path plus the BaF branch as a residual (its X~ through the frozen conv and BN scale, no
   shift); the branch's last conv starts at zero, so training starts from the least-squares predictor.
 At inference the transmitted channels are clipped into their quantizer bins (eq. 6), whatever the kind.
+
+The sent channels are the first C rows of the ranking's sequence (`baf.basis`): ranked channels, or for a
+residual-pca ranking also virtual channels (fixed directions over all P). Only the `linear` kind takes virtual
+rows (inverse BN is defined for channels only), and eq. 6 clamps the ranked rows alone.
 
 One checkpoint serves several C (nested ranking: C channels are the first C of the order) and several n:
 the network's input is always `max_channels` wide, zero beyond C, with constant indicator planes (one-hot of
@@ -35,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from baf.basis import VIRTUAL, SentBasis
 from baf.digest import sha256_file
 from baf.errors import CheckpointError
 from baf.gram import Gram
@@ -116,10 +121,11 @@ class PredictorConfig:
 
 
 class BafPredictor(nn.Module):
-    """Restores all P channels of Z from its first C ranked channels (see the module docstring).
+    """Restores all P channels of Z from its first C sent channels (see the module docstring).
 
-    Buffers hold the frozen split layer (conv weight, BN scale/shift in float64), the channel order and the
-    least-squares linear path, so a checkpoint is self-contained; only the backward network has parameters.
+    Buffers hold the frozen split layer (conv weight, BN scale/shift in float64), the sent rows (`order`: a
+    channel, or VIRTUAL with the row's direction in `directions`) and the least-squares linear path, so a
+    checkpoint is self-contained; only the backward network has parameters.
     """
 
     def __init__(
@@ -131,9 +137,11 @@ class BafPredictor(nn.Module):
         bn_mean: Tensor,
         bn_std: Tensor,
         order: Sequence[int],
+        directions: Tensor | None = None,
     ) -> None:
         """`bn_scale`/`bn_shift` [P]: Z = scale * conv(X) + shift; `bn_mean`/`bn_std` [P]: BN's running statistics
-        of conv(X) (they standardize the network's input); `order`: ranked channels, at least max C of them."""
+        of conv(X) (they standardize the network's input); `order`: the sent rows, at least max C of them, each a
+        channel or VIRTUAL; `directions` [k,P]: those of the virtual rows among the first max C, in turn."""
         super().__init__()
         c = config
         p, q, k = c.out_channels, c.in_channels, c.kernel_size
@@ -142,8 +150,14 @@ class BafPredictor(nn.Module):
         for name, t in (("bn_scale", bn_scale), ("bn_shift", bn_shift), ("bn_mean", bn_mean), ("bn_std", bn_std)):
             if tuple(t.shape) != (p,):
                 raise ValueError(f"{name}: expected shape ({p},), got {tuple(t.shape)}")
-        if len(order) < c.max_channels or sorted(order) != sorted(set(order)) or not all(0 <= i < p for i in order):
-            raise ValueError(f"order: expected at least {c.max_channels} distinct channel indices in 0..{p - 1}")
+        if len(order) < c.max_channels:
+            raise ValueError(f"order: expected at least {c.max_channels} rows, got {len(order)}")
+        order = list(order[: c.max_channels])
+        virtual = sum(i == VIRTUAL for i in order)
+        basis = SentBasis(order, None if directions is None else directions[:virtual], p)  # checks rows and directions
+        if basis.virtual and c.has_network:
+            raise ValueError(f"a {c.kind} predictor inverts BN on channels and cannot take virtual channels; "
+                             "use linear")
         if bool((bn_scale == 0).any()) or bool((bn_std <= 0).any()):
             raise ValueError("bn_scale, bn_std: a zero BN scale cannot be inverted, and std must be positive")
         self.config = c
@@ -153,7 +167,9 @@ class BafPredictor(nn.Module):
         self.register_buffer("bn_shift", bn_shift.detach().double().clone())
         self.register_buffer("bn_mean", bn_mean.detach().float().clone())
         self.register_buffer("bn_std", bn_std.detach().float().clone())
-        self.register_buffer("order", torch.tensor(list(order[: c.max_channels]), dtype=torch.long))
+        self.register_buffer("order", torch.tensor(order, dtype=torch.long))
+        if basis.virtual:  # registered only then, so channel-only checkpoints keep their tensors
+            self.register_buffer("directions", basis.directions.clone())
         s, h, cmax = c.stride, c.hidden, c.max_channels
         self.net: nn.Sequential | None = None
         if c.has_network:
@@ -211,12 +227,21 @@ class BafPredictor(nn.Module):
         scale, shift = split.bn_affine()
         bn = split.bn
         std = torch.sqrt(bn.running_var.double() + bn.eps)
-        return cls(config, split.conv.weight, scale, shift, bn.running_mean, std, ranking.order)
+        basis = ranking.basis()
+        return cls(config, split.conv.weight, scale, shift, bn.running_mean, std, basis.channels, basis.directions)
+
+    @property
+    def basis(self) -> SentBasis:
+        """The sent rows this predictor restores from (max C of them)."""
+        directions = getattr(self, "directions", None)
+        return SentBasis(self.order.tolist(), None if directions is None else directions.cpu(),
+                         self.config.out_channels)  # fmt: skip
 
     def split_digest(self) -> str:
-        """sha256 (16 hex digits) of the frozen layer and order: tells whether this predictor fits a given split."""
+        """sha256 (16 hex digits) of the frozen layer and sent rows: tells whether this predictor fits a split."""
         digest = hashlib.sha256()
-        for t in (self.conv_weight, self.bn_scale, self.bn_shift, self.bn_mean, self.bn_std, self.order):
+        tensors = [self.conv_weight, self.bn_scale, self.bn_shift, self.bn_mean, self.bn_std, self.order]
+        for t in tensors + ([self.directions] if hasattr(self, "directions") else []):
             digest.update(t.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
 
@@ -305,57 +330,69 @@ class BafPredictor(nn.Module):
         """
         z_hat = dequantize_torch(q, lo, hi, bits)
         z = self.forward(z_hat, bits).float()
-        idx = self.order[: q.shape[1]]
+        rows = self.order[: q.shape[1]]
+        ranked = (rows != VIRTUAL).nonzero().flatten()
+        idx = rows[ranked]
         out = z.clone()
-        out[:, idx] = clamp_to_bins_torch(z[:, idx].contiguous(), q, lo, hi, bits)
+        out[:, idx] = clamp_to_bins_torch(z[:, idx].contiguous(), q[:, ranked], lo[:, ranked], hi[:, ranked], bits)
         return out
 
 
-def make_inputs(z: Tensor, order: Tensor, channels: int, bits: int) -> Tensor:
-    """Dequantized first `channels` ranked channels of z [B,P,h,w]: eq. 4-5 per sample and channel, as the cloud
-    receives them."""
-    q, lo, hi = quantize_torch(z[:, order[:channels]].contiguous(), bits)
+def make_inputs(z: Tensor, basis: SentBasis, channels: int, bits: int) -> Tensor:
+    """The first `channels` sent channels of z [B,P,h,w], quantized and dequantized per sample and channel
+    (eq. 4-5) as the cloud receives them."""
+    q, lo, hi = quantize_torch(basis.send(z, channels).contiguous(), bits)
     return dequantize_torch(q, lo, hi, bits)
 
 
 class NormalEquations:
-    """Streamed least-squares statistics for the linear path of every served C at once.
+    """Streamed least-squares statistics of the k x k map from `width` sent channels to all P, for every leading
+    block of them at once.
 
-    Features are the k x k neighbourhoods of the first `max C` ranked channels (channel-major, as conv weights
-    order them) plus a constant; nested ranking makes each smaller C the leading block of the same system. With
-    `bits`, the features are those channels quantized to n bits and dequantized (eq. 4-5, per sample and
+    Features are the k x k neighbourhoods of the first `width` sent channels (channel-major, as conv weights
+    order them) plus a constant; nested sequences make each smaller C the leading block of the same system.
+    With `bits`, the features are those channels quantized to n bits and dequantized (eq. 4-5, per sample and
     channel, so still nested); the targets are always the unquantized Z.
     """
 
-    def __init__(self, config: PredictorConfig, bits: int | None = None) -> None:
-        """Empty sums for `config` (a predictor with a linear path), for inputs at n=`bits` (None: unquantized)."""
-        if not config.has_linear:
-            raise ValueError(f"a {config.kind} predictor has no linear path")
+    def __init__(self, width: int, kernel: int, out_channels: int, bits: int | None = None) -> None:
+        """Empty sums for `width` inputs, a `kernel` x `kernel` map to `out_channels`, inputs at n=`bits` (None:
+        unquantized)."""
+        if width < 1 or out_channels < 1 or kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"width, out_channels >= 1 and an odd kernel expected, got {width}, {out_channels}, "
+                             f"{kernel}")
         if bits is not None and not 1 <= bits <= 16:
             raise ValueError(f"bits: expected 1..16 or None, got {bits}")
-        self.config, self.bits = config, bits
-        self.dim = config.max_channels * config.linear_kernel**2 + 1
+        self.width, self.kernel, self.bits = width, kernel, bits
+        self.dim = width * kernel**2 + 1
         self.gram = Gram(self.dim)
-        self.rhs = torch.zeros(self.dim, config.out_channels, dtype=torch.float64)
+        self.rhs = torch.zeros(self.dim, out_channels, dtype=torch.float64)
         self.samples = 0
 
-    def add(self, z: Tensor, order: Tensor, inputs: Tensor | None = None) -> None:
-        """Add a batch of training features z [B,P,h,w]: inputs are its first max C ranked channels, targets all P.
+    @classmethod
+    def for_predictor(cls, config: PredictorConfig, bits: int | None = None) -> NormalEquations:
+        """Empty sums for the linear path of `config` (every served C), inputs at n=`bits`."""
+        if not config.has_linear:
+            raise ValueError(f"a {config.kind} predictor has no linear path")
+        return cls(config.max_channels, config.linear_kernel, config.out_channels, bits)
 
-        `inputs` [B,max C,h,w] replaces those channels as the cloud would receive them otherwise (after a lossy
+    def add(self, z: Tensor, basis: SentBasis, inputs: Tensor | None = None) -> None:
+        """Add a batch of training features z [B,P,h,w]: inputs are its first `width` sent channels (`basis`),
+        targets all P.
+
+        `inputs` [B,width,h,w] replaces those channels as the cloud would receive them otherwise (after a lossy
         codec, say). Products are formed in float32 per batch (a few thousand positions) and summed in float64.
         """
-        c = self.config
-        k = c.linear_kernel
+        k = self.kernel
         z = z.float()
         if inputs is not None:
-            if inputs.shape != (z.shape[0], c.max_channels, *z.shape[2:]):
-                raise ValueError(f"inputs: expected {[z.shape[0], c.max_channels, *z.shape[2:]]}, got {list(inputs.shape)}")
+            if inputs.shape != (z.shape[0], self.width, *z.shape[2:]):
+                raise ValueError(f"inputs: expected {[z.shape[0], self.width, *z.shape[2:]]}, got {list(inputs.shape)}")
             inputs = inputs.float()
         elif self.bits is None:
-            inputs = z[:, order[: c.max_channels]]
+            inputs = basis.send(z, self.width)
         else:
-            inputs = make_inputs(z, order, c.max_channels, self.bits)
+            inputs = make_inputs(z, basis, self.width, self.bits)
         feats = F.unfold(inputs, k, padding=k // 2)  # [B, cmax*k*k, h*w]
         ones = torch.ones(feats.shape[0], 1, feats.shape[2])
         a = torch.cat((feats, ones), 1).transpose(0, 1).reshape(self.dim, -1)
@@ -372,31 +409,33 @@ class NormalEquations:
         """
         if self.samples == 0:
             raise ValueError("no features added")
-        k2 = self.config.linear_kernel**2
+        if not 1 <= channels <= self.width:
+            raise ValueError(f"channels: C={channels} is outside 1..{self.width}")
+        k2 = self.kernel**2
         keep = torch.cat((torch.arange(channels * k2), torch.tensor([self.dim - 1])))
         g = self.gram.matrix(keep)
         lam = ridge * float(g.diagonal()[:-1].mean())
         g = g + lam * torch.eye(len(keep), dtype=torch.float64)
         g[-1, -1] -= lam
         sol = torch.linalg.solve(g, self.rhs[keep])  # [C*k*k + 1, P]
-        k = self.config.linear_kernel
+        k = self.kernel
         return sol[:-1].T.reshape(-1, channels, k, k).float(), sol[-1].float()
 
 
 @torch.no_grad()
 def fit_linear(predictor: BafPredictor, batches: Iterable[Tensor], ridge: float = 1e-4) -> int:
-    """Set the linear path to the least-squares k x k map from the first C ranked channels to all P, for every C:
+    """Set the linear path to the least-squares k x k map from the first C sent channels to all P, for every C:
     one fit on unquantized inputs and one per n in `linear_bits` on n-bit inputs, all from one pass.
 
     `batches` yields training features Z [B,P,h,w]. Returns the number of positions (samples) used.
     """
     c = predictor.config
-    systems = {n: NormalEquations(c, n) for n in (None, *c.linear_bits)}
-    order = predictor.order.cpu()
+    systems = {n: NormalEquations.for_predictor(c, n) for n in (None, *c.linear_bits)}
+    basis = predictor.basis
     for z in batches:
         z = z.cpu()
         for eqs in systems.values():
-            eqs.add(z, order)
+            eqs.add(z, basis)
     for n, eqs in systems.items():
         for cc in c.channels:
             weight, bias = eqs.solve(cc, ridge)
@@ -541,7 +580,7 @@ def load_predictor(
     try:
         predictor = BafPredictor(
             config, *(tensors[k] for k in ("conv_weight", "bn_scale", "bn_shift", "bn_mean", "bn_std")),
-            tensors["order"].tolist(),
+            tensors["order"].tolist(), tensors.get("directions"),
         )
         predictor.load_state_dict(tensors, strict=True)
     except (KeyError, RuntimeError, ValueError) as e:
@@ -554,16 +593,17 @@ def load_predictor(
 
 
 def z_transform(predictor: BafPredictor, channels: int, bits: int) -> Callable[..., Tensor]:
-    """The evaluator's Z hook for the quantized path without a codec: keep the first C ranked channels of
-    Z [B,P,h,w], quantize each sample to n bits with the native kernel (eq. 4), restore all P channels (eq. 5-6)."""
+    """The evaluator's Z hook for the quantized path without a codec: send the first C rows of Z [B,P,h,w],
+    quantize each sample to n bits with the native kernel (eq. 4), restore all P channels (eq. 5-6)."""
     from baf import ops
 
     predictor.check_serves(channels, bits)
-    order = predictor.order[:channels].cpu()
+    basis = predictor.basis.prefix(channels)
 
     def transform(z: Tensor, boxes: Sequence[object] = ()) -> Tensor:
         # No bitstream here, so the letterbox placements (`boxes`) are not needed.
-        parts = [ops.quantize(np.ascontiguousarray(s[order].float().cpu().numpy()), bits) for s in z]
+        sent = basis.send(z.float().cpu())
+        parts = [ops.quantize(np.ascontiguousarray(s.numpy()), bits) for s in sent]
         q = torch.from_numpy(np.stack([p[0] for p in parts]).astype(np.int32)).to(z.device)
         lo = torch.from_numpy(np.stack([p[1] for p in parts])).to(z.device)
         hi = torch.from_numpy(np.stack([p[2] for p in parts])).to(z.device)

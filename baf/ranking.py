@@ -1,9 +1,11 @@
 """Channel ranking: the order of the split layer's BN-output channels Z_p whose first C are transmitted.
 
-Two methods. `correlation` is the paper's (eq. 2-3): channels by how well they correlate with the layer's
-input channels X_q. `restoration` (ours) picks channels greedily so that the channels picked so far best
-restore all P of them by least squares from their k x k neighbourhoods, which is what the cloud then has
-to do; each pick keeps the earlier ones, so the order stays nested.
+Two methods order channels. `correlation` is the paper's (eq. 2-3): channels by how well they correlate with
+the layer's input channels X_q. `restoration` (ours) picks channels greedily so that the channels picked so
+far best restore all P of them by least squares from their k x k neighbourhoods, which is what the cloud then
+has to do; each pick keeps the earlier ones, so the order stays nested. A third, `residual-pca`
+(`baf.residual_ranking`), keeps a base order and adds a sent sequence that mixes its channels with virtual
+channels (fixed directions over all P, `baf.basis`); the ranking id then covers the sequence and directions.
 
 For a conv of stride s, X is s times larger than Z in each dimension; it is split into its s*s polyphase
 components x_{q,k} = X_q[a::s, b::s] (k = a*s + b), each the size of Z. Statistics are pooled over every
@@ -26,13 +28,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from baf.basis import SentBasis
 from baf.errors import RankingError
 from baf.gram import Gram
 
 log = logging.getLogger(__name__)
 
 FORMAT = "baf-ranking/1"
-METHODS = ("correlation", "restoration")
+METHODS = ("correlation", "restoration", "residual-pca")
 
 
 class CorrelationStats:
@@ -177,9 +180,13 @@ def restoration_order(stats: PatchStats, ridge: float = 1e-6) -> tuple[list[int]
     return order, left
 
 
-def ranking_id(model: str, layer: int, order: Sequence[int]) -> str:
-    """The id bitstreams refer to: first 16 hex digits of sha256 of the canonical (model, layer, order)."""
-    fields = {"layer": layer, "model": model, "order": list(order)}
+def ranking_id(model: str, layer: int, order: Sequence[int], sequence: Sequence[int] | None = None,
+               directions: Sequence[Sequence[float]] = ()) -> str:
+    """The id bitstreams refer to: first 16 hex digits of sha256 of the canonical (model, layer, order) and, for
+    a sequence with virtual rows, the sequence and its directions (so the ids of channel-only rankings stay)."""
+    fields: dict[str, Any] = {"layer": layer, "model": model, "order": list(order)}
+    if sequence is not None:
+        fields.update(sequence=list(sequence), directions=[[float(v) for v in d] for d in directions])
     canonical = json.dumps(fields, separators=(",", ":"), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
@@ -191,7 +198,9 @@ def names_digest(names: Iterable[str]) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class Ranking:
-    """A channel order for one model's split layer: `order[i]` is the BN-output channel sent i-th."""
+    """A channel order for one model's split layer: `order[i]` is the BN-output channel sent i-th, unless a
+    `sequence` says what is sent: per row a channel or VIRTUAL (-1), the virtual rows taking `directions` [k][P]
+    in turn. `virtual` records how a residual-pca sequence was built."""
 
     model: str
     layer: int
@@ -203,7 +212,17 @@ class Ranking:
     command: str
     id: str
     method: str = "correlation"
-    kernel: int | None = None  # the neighbourhood size `restoration` ranked with
+    kernel: int | None = None  # the neighbourhood size `restoration` and `residual-pca` ranked with
+    sequence: tuple[int, ...] | None = None
+    directions: tuple[tuple[float, ...], ...] = ()
+    virtual: dict[str, Any] | None = None
+
+    def basis(self) -> SentBasis:
+        """What the edge sends, all P rows: the order's channels, or the sequence with its directions."""
+        if self.sequence is None:
+            return SentBasis.ranked(self.order, self.channels)
+        return SentBasis(self.sequence, torch.tensor(self.directions, dtype=torch.float32).reshape(-1, self.channels),
+                         self.channels)  # fmt: skip
 
     @property
     def channels(self) -> int:
@@ -226,7 +245,11 @@ class Ranking:
             "scores": list(self.scores),
             "images": self.images,
             "command": self.command,
-        }
+            **({} if self.sequence is None else {
+                "sequence": list(self.sequence), "virtual": self.virtual,
+                "directions": [list(d) for d in self.directions],
+            }),
+        }  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str) -> Ranking:
@@ -243,6 +266,9 @@ class Ranking:
                 command=str(data["command"]), id=str(data["ranking_id"]),
                 method=str(data.get("method", "correlation")),
                 kernel=None if data.get("kernel") is None else int(data["kernel"]),
+                sequence=None if data.get("sequence") is None else tuple(int(p) for p in data["sequence"]),
+                directions=tuple(tuple(float(v) for v in d) for d in data.get("directions", ())),
+                virtual=None if data.get("virtual") is None else dict(data["virtual"]),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as e:
             raise RankingError(f"{source}: missing or malformed field ({e})") from None
@@ -250,7 +276,18 @@ class Ranking:
             raise RankingError(f"{source}: method {ranking.method!r}, expected one of {', '.join(METHODS)}")
         if sorted(order) != list(range(len(order))) or int(data.get("channels", -1)) != len(order):
             raise RankingError(f"{source}: order is not a permutation of 0..{int(data.get('channels', 0)) - 1}")
-        expected = ranking_id(ranking.model, ranking.layer, order)
+        if (ranking.sequence is None) != (ranking.method != "residual-pca"):
+            raise RankingError(f"{source}: a sequence belongs to method residual-pca, and it needs one")
+        if ranking.sequence is not None:
+            if len(ranking.sequence) != len(order):
+                raise RankingError(f"{source}: sequence has {len(ranking.sequence)} rows, expected {len(order)}")
+            if any(len(d) != len(order) for d in ranking.directions):
+                raise RankingError(f"{source}: every direction needs {len(order)} values")
+            try:
+                ranking.basis()
+            except ValueError as e:
+                raise RankingError(f"{source}: sequence and directions do not fit ({e})") from None
+        expected = ranking_id(ranking.model, ranking.layer, order, ranking.sequence, ranking.directions)
         if expected != ranking.id:
             raise RankingError(f"{source}: ranking_id {ranking.id} does not match its order (expected {expected})")
         return ranking
@@ -333,9 +370,11 @@ def read_ranking(path: str | os.PathLike[str]) -> Ranking:
     return Ranking.from_json(data, str(path))
 
 
-def packaged_ranking_path(model: str, layer: int) -> Path:
-    """Where the package keeps the ranking of `model` at split layer `layer`."""
-    return Path(str(resources.files("baf") / "rankings" / f"{model}_l{layer}.json"))
+def packaged_ranking_path(model: str, layer: int, variant: str | None = None) -> Path:
+    """Where the package keeps the ranking of `model` at split layer `layer` (the default one, or another kept
+    beside it, such as `residual-pca`)."""
+    suffix = "" if variant is None else f"_{variant}"
+    return Path(str(resources.files("baf") / "rankings" / f"{model}_l{layer}{suffix}.json"))
 
 
 def load_ranking(model: str, layer: int) -> Ranking:

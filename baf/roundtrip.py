@@ -88,7 +88,7 @@ def evaluate_bitstream(
     """
     if predictor is not None:
         predictor.check_serves(channels, bits)
-    restorer = predictor if predictor is not None else ZerosRestorer(ranking.order, split.channels)
+    restorer = predictor if predictor is not None else ZerosRestorer(ranking.basis())
     encoder = EdgeEncoder(split, ranking, channels=channels, bits=bits, codec=codec, qp=qp, effort=effort,
                           size=settings.size)
     path = BitstreamPath(encoder, CloudPipeline(split, ranking, restorer=restorer), save_dir)

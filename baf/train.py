@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from baf.basis import SentBasis
 from baf.errors import BafError, CheckpointError, TrainingDivergedError
 from baf.digest import sha256_file
 from baf.predictor import BafPredictor, fit_linear, make_inputs, read_sidecar, save_predictor
@@ -238,7 +239,7 @@ class FeatureLoss:
 def loss_on(
     predictor: torch.nn.Module,
     config: Any,
-    order: Tensor,
+    basis: SentBasis,
     z: Tensor,
     channels: int,
     bits: int,
@@ -246,7 +247,7 @@ def loss_on(
 ) -> Tensor:
     """The training loss of one batch z [B,P,h,w] (float32) at (C, n): eq. 7, plus the optional feature term."""
     slope = config.activation_slope
-    pred = predictor(make_inputs(z, order, channels, bits), bits).float()
+    pred = predictor(make_inputs(z, basis, channels, bits), bits).float()
     loss = charbonnier(F.leaky_relu(pred, slope), F.leaky_relu(z, slope))
     if feature is not None:
         with torch.no_grad():
@@ -263,12 +264,13 @@ def mean_losses(
     was_training = predictor.training
     predictor.eval()
     c = predictor.config
+    basis = predictor.basis
     out: dict[tuple[int, int], float] = {}
     for channels, bits in rates:
         total = 0.0
         for i in range(0, len(z_all), batch):
             z = z_all[i : i + batch].to(device).float()
-            total += float(loss_on(predictor, c, predictor.order, z, channels, bits)) * len(z)
+            total += float(loss_on(predictor, c, basis, z, channels, bits)) * len(z)
         out[(channels, bits)] = total / len(z_all)
     predictor.train(was_training)
     return out
@@ -497,7 +499,7 @@ def fit(
     if cfg.balance_rates and not state.reference:
         state.reference = rate_reference(predictor, z_train, d.device)
         log.info("rate_reference=%s", {k: round(v, 5) for k, v in state.reference.items()})
-    order = predictor.order
+    basis = predictor.basis
     start_time, start_wall, start_step = time.monotonic(), state.wall_seconds, state.step
     window: list[float] = []
     interrupted = False
@@ -525,7 +527,7 @@ def fit(
                 idx = batch_indices(cfg, state.step, n_train, d.rank, d.world)
                 z = z_train[idx].to(d.device, non_blocking=True).float()
                 with autocast:
-                    loss = loss_on(model, predictor.config, order, z, channels, bits, feature)
+                    loss = loss_on(model, predictor.config, basis, z, channels, bits, feature)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise TrainingDivergedError(
@@ -566,11 +568,17 @@ def fit(
     return state
 
 
-def feature_batches(cache: FeatureCache, indices: Sequence[int], images: int | None = None,
-                    batch: int = 4) -> Iterator[Tensor]:
-    """Z float32 batches of the cached images at `indices` (up to `images` of them, spread evenly)."""
+def spread(indices: Sequence[int], images: int | None = None) -> np.ndarray:
+    """Up to `images` of `indices`, spread evenly (all of them when None)."""
     picks = np.asarray(indices)
     if images is not None and images < len(picks):
         picks = np.unique(picks[np.linspace(0, len(picks) - 1, num=images).round().astype(int)])
+    return picks
+
+
+def feature_batches(cache: FeatureCache, indices: Sequence[int], images: int | None = None,
+                    batch: int = 4) -> Iterator[Tensor]:
+    """Z float32 batches of the cached images at `indices` (up to `images` of them, spread evenly)."""
+    picks = spread(indices, images)
     for i in range(0, len(picks), batch):
         yield torch.from_numpy(cache.z[picks[i : i + batch]].astype(np.float32))

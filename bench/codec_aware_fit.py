@@ -19,7 +19,6 @@ The feature cache is the one `baf train` / `baf fit-linear` fill (default cache/
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import shlex
 import sys
@@ -62,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     decoder = FrameDecoder()
     size = int(cache.z.shape[-1]) * split.feature_stride
     box = Letterbox.fit(size, size, size)
-    eqs = NormalEquations(dataclasses.replace(config, channels=(args.channels,), linear_bits=()))
-    order = predictor.order.cpu()
+    eqs = NormalEquations(args.channels, config.linear_kernel, config.out_channels)
+    basis = predictor.basis
     sizes, level_mse = [], []
     start = time.monotonic()
     try:
@@ -73,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             q_sent, _, _ = ops.quantize(sent, args.bits)
             level_mse.append(float(((frame.q.astype(np.float64) - q_sent) ** 2).mean()))
             sizes.append(frame.size_bytes)
-            eqs.add(z, order, torch.from_numpy(frame.z)[None])
+            eqs.add(z, basis, torch.from_numpy(frame.z)[None])
             if len(sizes) % 100 == 0:
                 log.info("images=%d mean bytes %.0f", len(sizes), np.mean(sizes))
     finally:

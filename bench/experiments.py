@@ -13,15 +13,19 @@ them). After each configuration the tables and plots are rebuilt from the cache:
 - savings.json: the fewest bytes within 1 and 2 AP50 points of the unsplit model, vs the source JPEGs.
 - one_for_all_vs_dedicated.json: the predictor and each --compare checkpoint at C=64 n=8.
 - frontier.{json,csv,png} (issue 9): AP50 vs mean bytes of every feature configuration (C 32-128, n 2-8,
-  lossless JPEG XL or HEVC) and of what a user would send instead, evaluated with the unsplit model: the image
-  scaled to 512 and recoded as JPEG (quality sweep) or HEVC intra (QP sweep). For AP50 losses of at most 1, 2
-  and 3 points, the fewest bytes and the configuration; BD-rate of the feature Pareto front against each.
+  lossless JPEG XL or HEVC; and C 8-128 of the packaged residual-pca ranking, whose sent channels are virtual:
+  fixed directions over all P, restored by its own linear checkpoint) and of what a user would send instead,
+  evaluated with the unsplit model: the image scaled to 512 and recoded as JPEG (quality sweep) or HEVC intra
+  (QP sweep). For AP50 losses of at most 1, 2 and 3 points, the fewest bytes and the configuration; BD-rate
+  of the feature Pareto front against each, and of the front of the paper's ranked channels alone.
 - summary.md: the same as markdown tables.
 
 The predictor checkpoint is copied to runs/experiments/predictor/ first, so a training run republishing it
 cannot change the weights halfway; every result records the sha256 and training steps it used.
 Run: `make experiments` or `python bench/experiments.py --data DIR [--compare CKPT ...] [--force] [--only TEXT]`.
-The main predictor is the shipped linear one-for-all checkpoint; pass others with --compare.
+The main predictor is the shipped linear one-for-all checkpoint; pass others with --compare. The virtual
+configurations use the packaged residual-pca ranking and the packaged checkpoint made for it (--virtual-ranking,
+--virtual-predictor).
 """
 
 from __future__ import annotations
@@ -58,13 +62,17 @@ FRONTIER_LOSS_POINTS = (1.0, 2.0, 3.0)
 JPEG_QUALITIES = (10, 20, 35, 50, 75, 90)
 RECODE_HEVC_QPS = (27, 32, 37, 42, 47)
 FEATURES_CURVE = "features (Pareto front of every C, n, codec)"
+RANKED_CURVE = "ranked channels only (the paper's sequence)"
+VIRTUAL = "virtual"  # the `kind`, and the predictor key, of the residual-pca configurations
+VIRTUAL_RANKING = "residual-pca"  # packaged as baf/rankings/MODEL_lLAYER_residual-pca.json
 RECODE_CURVES = {"jpeg": "image recoded as JPEG", "hevc": "image recoded as HEVC intra"}
 
 
 @dataclass(frozen=True)
 class Config:
-    """One evaluation: `kind` is baseline (unsplit), baf (C channels restored by a predictor), all (P channels)
-    or recode (the image itself, scaled to the model size and coded with `codec` jpeg at `quality` or hevc at `qp`).
+    """One evaluation: `kind` is baseline (unsplit), baf (C channels restored by a predictor), virtual (the first C
+    rows of the residual-pca sequence, restored by its checkpoint), all (P channels) or recode (the image itself,
+    scaled to the model size and coded with `codec` jpeg at `quality` or hevc at `qp`).
 
     `predictor` names a --compare checkpoint; None means the main predictor.
     """
@@ -106,7 +114,7 @@ def plan(compare: Sequence[Path] = ()) -> list[Config]:
     configs += [Config("baf", c64, n, "jxl") for n in (3, 5, 7)]
     configs += [Config("all", None, 8, "hevc", qp) for qp in (22, 32)]
     configs += [Config("baf", c64, n, "hevc", qp) for n in (6, 8) for qp in (22, 32)]
-    return configs + frontier_plan()
+    return configs + frontier_plan() + virtual_plan()
 
 
 def frontier_plan() -> list[Config]:
@@ -118,6 +126,14 @@ def frontier_plan() -> list[Config]:
     configs += [Config("baf", 128, 6, "hevc", qp) for qp in (37, 39, 40, 42)]
     configs += [Config("baf", 64, 8, "hevc", qp) for qp in (42, 47)]
     configs += [Config("baf", 32, n, "jxl") for n in (4, 2)] + [Config("baf", 32, 8, "hevc", 37)]
+    return configs
+
+
+def virtual_plan() -> list[Config]:
+    """The residual-pca ranking's configurations, lossless JPEG XL (under HEVC they gained nothing in
+    bench/virtual_channels.py); n <= 3 use the checkpoint's n-bit fits."""
+    configs = [Config(VIRTUAL, c, n, "jxl") for c, n in ((32, 3), (64, 3), (16, 3), (64, 8), (32, 4), (64, 4))]
+    configs += [Config(VIRTUAL, c, n, "jxl") for c, n in ((16, 4), (8, 4), (32, 2), (64, 2), (128, 3), (8, 3))]
     return configs
 
 
@@ -139,7 +155,8 @@ def snapshot_checkpoint(path: Path, folder: Path, tries: int = 3) -> Path:
     raise CheckpointError(f"{path}: weights kept changing while being copied")
 
 
-def load_cached(folder: Path, config: Config, images: int, sha256: dict[Path | None, str]) -> dict[str, Any] | None:
+def load_cached(folder: Path, config: Config, images: int,
+                sha256: dict[Path | str | None, str]) -> dict[str, Any] | None:
     """The cached report of `config` if it was made on `images` images with the same predictor weights."""
     path = folder / f"{config.name}.json"
     if not path.is_file():
@@ -147,7 +164,8 @@ def load_cached(folder: Path, config: Config, images: int, sha256: dict[Path | N
     report = json.loads(path.read_text())
     if report.get("images") != images:
         return None
-    if config.kind == "baf" and report.get("predictor_sha256") != sha256[config.predictor]:
+    key = VIRTUAL if config.kind == VIRTUAL else config.predictor
+    if config.kind in ("baf", VIRTUAL) and report.get("predictor_sha256") != sha256[key]:
         return None
     return report
 
@@ -165,12 +183,13 @@ def run_config(config: Config, context: dict[str, Any]) -> dict[str, Any]:
 
         recoder = Recoder(str(config.codec), quality=config.quality, qp=config.qp)
         return evaluate_recoded(split.model, dataset, spec.category_ids, recoder, progress=False).to_json()
-    predictor = context["predictors"][config.predictor] if config.kind == "baf" else None
+    key = VIRTUAL if config.kind == VIRTUAL else config.predictor
+    predictor = context["predictors"][key] if config.kind in ("baf", VIRTUAL) else None
     channels = split.channels if config.kind == "all" else config.channels
     result = evaluate_bitstream(
-        split, context["ranking"], dataset, spec.category_ids, channels=channels, bits=config.bits,
-        codec=config.codec, qp=config.qp, predictor=predictor,
-        predictor_path=context["predictor_paths"][config.predictor] if predictor is not None else None,
+        split, context["rankings"][config.kind == VIRTUAL], dataset, spec.category_ids, channels=channels,
+        bits=config.bits, codec=config.codec, qp=config.qp, predictor=predictor,
+        predictor_path=context["predictor_paths"][key] if predictor is not None else None,
         mode=config.name, progress=False,
     )  # fmt: skip
     return result.to_json()
@@ -238,7 +257,7 @@ def pareto(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def frontier(reports: dict[str, dict[str, Any]], base: dict[str, Any] | None) -> dict[str, Any]:
     """Every feature and recoding point, the fewest bytes within 1/2/3 AP50 points, BD-rates of the feature front."""
     feature = [_point(r) for r in reports.values() if r.get("mean_bytes") is not None
-               and r["mode"].startswith(("baf_", "all_"))]
+               and r["mode"].startswith(("baf_", "all_", VIRTUAL + "_"))]
     recoded = {coder: sorted((_recode_point(r) for r in reports.values() if r.get("recode") == coder),
                              key=lambda p: p["mean_bytes"]) for coder in RECODE_CURVES}
     front = pareto(feature)
@@ -254,16 +273,25 @@ def frontier(reports: dict[str, dict[str, Any]], base: dict[str, Any] | None) ->
             else:
                 row.update(reached=False)
             within.append(row)
+    ranked_front = pareto([p for p in feature if not p["config"].startswith(VIRTUAL + "_")])
+    bd = {curve: bd_rates(points, curve, recoded) for curve, points in ((FEATURES_CURVE, front),
+                                                                       (RANKED_CURVE, ranked_front))}
+    return {"unsplit_AP50": None if base is None else base["AP50"], "features": feature, "front": front,
+            "recoded": recoded, "within": within, "bd_rate": bd[FEATURES_CURVE],
+            "ranked_only_front": ranked_front, "bd_rate_ranked_only": bd[RANKED_CURVE]}
+
+
+def bd_rates(front: list[dict[str, Any]], curve: str, recoded: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """BD-rate of a feature front against each recoded-image curve's own front, by the curve's label."""
     bd: dict[str, Any] = {}
     for coder, points in recoded.items():
         usable = len(points) >= 2 and len(front) >= 2
         ref = [(p["mean_bytes"], p["AP50"]) for p in pareto(points)]
         value = bd_rate(ref, [(p["mean_bytes"], p["AP50"]) for p in front]) if usable and len(ref) >= 2 else None
-        bd[RECODE_CURVES[coder]] = {"curve": FEATURES_CURVE, "bd_rate": value, "points": len(front),
+        bd[RECODE_CURVES[coder]] = {"curve": curve, "bd_rate": value, "points": len(front),
                                     "reference_points": len(ref),
                                     "note": None if value is not None else "no common AP50 range or too few points"}
-    return {"unsplit_AP50": None if base is None else base["AP50"], "features": feature, "front": front,
-            "recoded": recoded, "within": within, "bd_rate": bd}
+    return bd
 
 
 def _recode_point(report: dict[str, Any]) -> dict[str, Any]:
@@ -277,7 +305,8 @@ def savings(reports: dict[str, dict[str, Any]], base: dict[str, Any] | None) -> 
     rows: list[dict[str, Any]] = []
     if base is None:
         return rows
-    for method, kind in (("BaF (any C, n, codec)", "baf"), ("all channels, HEVC [4]", "all")):
+    for method, kind in (("BaF (any C, n, codec)", "baf"), ("virtual channels (residual-pca, lossless)", VIRTUAL),
+                         ("all channels, HEVC [4]", "all")):
         candidates = [r for r in reports.values() if r.get("mean_bytes") is not None
                       and r["mode"].startswith(kind + "_")]
         for points in LOSS_POINTS:
@@ -387,11 +416,13 @@ def frontier_markdown(front: dict[str, Any]) -> list[str]:
                          f"{100 * r['saved_vs_jpeg']:.1f}% | {r['loss_points']:.2f} |")
         else:
             lines.append(f"| {r['method']} | {r['max_loss_points']:g} | not reached | - | - | - |")
-    lines += ["", "BD-rate of the feature Pareto front against the recoded image (negative: fewer bytes at equal AP50):",
-              "", "| reference | BD-rate | points (front / reference) | note |", "|---|---|---|---|"]
-    for label, r in front["bd_rate"].items():
-        value = "-" if r["bd_rate"] is None else f"{100 * r['bd_rate']:+.1f}%"
-        lines.append(f"| {label} | {value} | {r['points']} / {r['reference_points']} | {r['note'] or ''} |")
+    lines += ["", "BD-rate of a feature Pareto front against the recoded image (negative: fewer bytes at equal AP50):",
+              "", "| front | reference | BD-rate | points (front / reference) | note |", "|---|---|---|---|---|"]
+    for table in (front["bd_rate"], front["bd_rate_ranked_only"]):
+        for label, r in table.items():
+            value = "-" if r["bd_rate"] is None else f"{100 * r['bd_rate']:+.1f}%"
+            lines.append(f"| {r['curve']} | {label} | {value} | {r['points']} / {r['reference_points']} | "
+                         f"{r['note'] or ''} |")
     lines += ["", "Every point (AP50 and mean bytes per image):", "", "| config | mean bytes | AP50 | on the front |",
               "|---|---|---|---|"]
     on_front = {p["config"] for p in front["front"]}
@@ -499,9 +530,15 @@ def plot_frontier(path: Path, tables: dict[str, Any]) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     groups: dict[str, list[dict[str, Any]]] = {}
     for p in front["features"]:
-        groups.setdefault("all channels" if p["config"].startswith("all_") else f"C={p['channels']}", []).append(p)
+        kind = "all channels" if p["config"].startswith("all_") else f"C={p['channels']}"
+        groups.setdefault(f"virtual {kind}" if p["config"].startswith(VIRTUAL + "_") else kind, []).append(p)
     for label, points in sorted(groups.items()):
-        ax.scatter([p["mean_bytes"] / 1000 for p in points], [p["AP50"] for p in points], s=18, label=label)
+        ax.scatter([p["mean_bytes"] / 1000 for p in points], [p["AP50"] for p in points], s=18, label=label,
+                   marker="^" if label.startswith(VIRTUAL) else "o")
+    ranked = front["ranked_only_front"]
+    if ranked:
+        ax.plot([p["mean_bytes"] / 1000 for p in ranked], [p["AP50"] for p in ranked], "k:", lw=1.2,
+                label=RANKED_CURVE)
     if front["front"]:
         ax.plot([p["mean_bytes"] / 1000 for p in front["front"]], [p["AP50"] for p in front["front"]], "k-", lw=1.5,
                 label=FEATURES_CURVE)
@@ -532,6 +569,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "results", help="results folder (default: results/)")
     p.add_argument("--predictor", type=Path, help="one-for-all checkpoint (default: the packaged one the server uses)")
     p.add_argument("--compare", type=Path, nargs="*", default=[], help="checkpoints to compare at C=64 n=8")
+    p.add_argument("--virtual-ranking", type=Path,
+                   help="residual-pca ranking of the virtual configurations (default: the packaged one)")
+    p.add_argument("--virtual-predictor", type=Path,
+                   help="its linear checkpoint (default: the packaged one made for that ranking)")
     p.add_argument("--snapshot", type=Path, default=REPO / "runs/experiments/predictor",
                    help="where the checkpoints are copied before use (default: runs/experiments/predictor)")
     p.add_argument("--limit", type=int, help="first N images only (smoke runs)")
@@ -548,24 +589,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     from baf.evaluate import CocoDataset
     from baf.models.zoo import get_spec, load_split
     from baf.predictor import load_predictor, packaged_checkpoint
-    from baf.ranking import find_ranking
+    from baf.ranking import find_ranking, packaged_ranking_path
 
     torch.set_num_threads(args.threads)
     spec = get_spec(MODEL)
     split = load_split(MODEL, spec.split_layer)
     ranking = find_ranking(MODEL, split.layer)
     args.predictor = args.predictor or packaged_checkpoint(MODEL, split.layer, ranking.id)
+    virtual = find_ranking(MODEL, split.layer, args.virtual_ranking
+                           or packaged_ranking_path(MODEL, split.layer, VIRTUAL_RANKING))  # fmt: skip
+    args.virtual_predictor = args.virtual_predictor or packaged_checkpoint(MODEL, split.layer, virtual.id)
     dataset = CocoDataset.open(args.data, args.limit)
-    paths: dict[Path | None, Path] = {}
-    for key, path in [(None, args.predictor), *((c, c) for c in args.compare)]:
+    paths: dict[Path | str | None, Path] = {}
+    for key, path in [(None, args.predictor), (VIRTUAL, args.virtual_predictor), *((c, c) for c in args.compare)]:
         paths[key] = snapshot_checkpoint(path, args.snapshot / (path.with_suffix("").name if key else "main"))
-    predictors = {k: load_predictor(v, model=MODEL, layer=split.layer, ranking_id=ranking.id) for k, v in paths.items()}
+    ids = {VIRTUAL: virtual.id}
+    predictors = {k: load_predictor(v, model=MODEL, layer=split.layer, ranking_id=ids.get(k, ranking.id))
+                  for k, v in paths.items()}  # fmt: skip
     sha256 = {k: str(v.source_sha256) for k, v in predictors.items()}
     serves = {k: {"channels": list(v.config.channels), "bits": list(v.config.bits)} for k, v in predictors.items()}
     log.info("predictor %s: sha256 %s, %s steps", args.predictor.name, sha256[None][:16],
              trained_steps(read_sidecar(paths[None])[0]))
-    context = {"split": split, "ranking": ranking, "dataset": dataset, "spec": spec, "predictors": predictors,
-               "predictor_paths": paths}
+    context = {"split": split, "rankings": {False: ranking, True: virtual}, "dataset": dataset, "spec": spec,
+               "predictors": predictors, "predictor_paths": paths}
     cache = args.out / "evals"
     cache.mkdir(parents=True, exist_ok=True)
     configs = plan(args.compare)
@@ -582,8 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log.exception("[%d/%d] %s failed", i + 1, len(configs), config.name)
                 failed.append(config.name)
                 continue
-            if config.kind == "baf":
-                report["predictor_serves"] = serves[config.predictor]
+            if config.kind in ("baf", VIRTUAL):
+                report["predictor_serves"] = serves[VIRTUAL if config.kind == VIRTUAL else config.predictor]
             (cache / f"{config.name}.json").write_text(json.dumps(report, indent=2) + "\n")
             log.info("[%d/%d] %s: AP50 %.4f, %s bytes (%.0f s)", i + 1, len(configs), config.name, report["AP50"],
                      _fmt(report.get("mean_bytes")), time.perf_counter() - start)

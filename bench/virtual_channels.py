@@ -5,7 +5,9 @@ over the P channels; a fixed direction v (a 1x1 conv at the edge, k*P multiplies
 of what the cloud cannot predict. The k directions are the principal axes of the restoration residual: fit the
 k x k least-squares map from the C ranked channels to all P (as `baf fit-linear` does), take the covariance
 of Z minus that prediction over the training images, keep its top k eigenvectors (C=0: the covariance of Z
-itself, a plain KLT). The restoration is then refitted with the C + k sent channels as its inputs.
+itself, a plain KLT). The restoration is then refitted with the C + k sent channels as its inputs. The fits and
+directions are `baf.residual_ranking`'s, which `baf rank --method residual-pca` ships; this check also scores
+un-nested mixes and HEVC, on fits it makes itself.
 
 Each configuration RANKED:VIRTUAL:BITS is scored on the evaluation folder like `baf eval --codec jxl`: the
 sent channels go through the edge encoder's `.baf` bitstream (eq. 4 per channel, fp16 min/max side info,
@@ -37,7 +39,7 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from baf import ops
+from baf.basis import VIRTUAL, SentBasis
 from baf.bitstream import MAX_QP
 from baf.cli import guarded, setup_logging
 from baf.cloud import FrameDecoder
@@ -56,9 +59,8 @@ from baf.evaluate import CocoDataset, evaluate
 from baf.images import Letterbox
 from baf.models.split import Split
 from baf.models.zoo import get_spec, load_split
-from baf.ops import dequantize_torch, quantize_torch
-from baf.predictor import BafPredictor, NormalEquations
 from baf.ranking import Ranking, find_ranking
+from baf.residual_ranking import fit_restoration, nested_sequence, residual_directions
 from baf.train import FeatureCache, feature_batches
 
 log = logging.getLogger("virtual_channels")
@@ -94,43 +96,9 @@ class Config:
         return cls(ranked, virtual, bits, qp[0] if qp else None)
 
 
-@dataclass(frozen=True)
-class Basis:
-    """What an edge sends at each position: rows [W,P] . Z; `channels[i]` is the channel of Z that row i copies
-    (a ranked channel, clamped to its bins by eq. 6 in the cloud), or -1 for a virtual row."""
-
-    rows: Tensor
-    channels: tuple[int, ...]
-
-    @classmethod
-    def ranked(cls, channels: Sequence[int], p: int) -> Basis:
-        """Rows that copy `channels` of a P-channel Z."""
-        return cls(torch.eye(p)[list(channels)], tuple(int(c) for c in channels))
-
-    @classmethod
-    def virtual(cls, directions: Tensor) -> Basis:
-        """Rows that send the directions [k,P]."""
-        return cls(directions.float(), (-1,) * len(directions))
-
-    def __add__(self, other: Basis) -> Basis:
-        return Basis(torch.cat((self.rows, other.rows)), self.channels + other.channels)
-
-    @property
-    def width(self) -> int:
-        """Channels sent."""
-        return len(self.channels)
-
-    def prefix(self, width: int) -> Basis:
-        """The first `width` rows (a nested sequence's smaller C)."""
-        return Basis(self.rows[:width], self.channels[:width])
-
-    def send(self, z: Tensor) -> Tensor:
-        """The sent channels [B,W,h,w] of z [B,P,h,w] (a ranked row gives its channel exactly)."""
-        return torch.einsum("kp,bphw->bkhw", self.rows.to(z.dtype), z)
-
-
 class Fitter:
-    """Least-squares restorations from sent channels to all P, over the cached training features."""
+    """Least-squares restorations from sent channels to all P, over the cached training features
+    (`baf.residual_ranking` does the fitting)."""
 
     def __init__(self, split: Split, ranking: Ranking, cache: FeatureCache, kernel: int, images: int,
                  heldout: int, ridge: float) -> None:
@@ -140,66 +108,30 @@ class Fitter:
         self.split, self.ranking, self.cache = split, ranking, cache
         self.kernel, self.images, self.ridge = kernel, images, ridge
         self.indices = range(n_train)
-        self.order = torch.tensor(ranking.order[: split.channels])
-        self.config = BafPredictor.from_split(split, ranking, channels=(1,), bits=(8,), kind="linear",
-                                              linear_kernel=kernel).config  # one width per fit, see `fit`
 
-    def batches(self) -> Any:
+    def batches(self) -> Iterator[Tensor]:
         """Float32 Z batches of the training images used for every fit."""
         return feature_batches(self.cache, self.indices, self.images, batch=8)
 
-    def fit(self, basis: Basis, bits: int | None) -> tuple[Tensor, Tensor]:
+    def fit(self, basis: SentBasis, bits: int | None) -> tuple[Tensor, Tensor]:
         """(weight [P,W,k,k], bias [P]) of the k x k map from what `basis` sends (n-bit when `bits`) to all P."""
-        eqs = NormalEquations(replace(self.config, channels=(basis.width,)))
-        for z in self.batches():
-            x = basis.send(z)
-            if bits is not None:
-                q, lo, hi = quantize_torch(x.contiguous(), bits)
-                x = dequantize_torch(q, lo, hi, bits)
-            eqs.add(z, self.order, x)
-        return eqs.solve(basis.width, self.ridge)
+        return fit_restoration(self.batches, basis, self.kernel, self.ridge, bits)
 
-    def directions(self, basis: Basis, k: int) -> Tensor:
-        """[k,P]: the top-k principal axes of Z minus its restoration from what `basis` sends (an empty basis:
-        of Z itself)."""
-        p = self.split.channels
-        if k == 0:
-            return torch.zeros(0, p)
-        fitted = self.fit(basis, None) if basis.width else None
-        total, outer, count = torch.zeros(p, dtype=torch.float64), torch.zeros(p, p, dtype=torch.float64), 0
-        for z in self.batches():
-            r = z
-            if fitted is not None:
-                r = z - F.conv2d(basis.send(z), *fitted, padding=self.kernel // 2)
-            flat = r.transpose(0, 1).reshape(p, -1).double()
-            total += flat.sum(1)
-            outer += flat @ flat.T
-            count += flat.shape[1]
-        mean = total / count
-        _, vectors = torch.linalg.eigh(outer / count - torch.outer(mean, mean))
-        return vectors.flip(1)[:, :k].T.float()
-
-    def flat(self, ranked: int, virtual: int) -> Basis:
+    def flat(self, ranked: int, virtual: int) -> SentBasis:
         """The first `ranked` ranked channels, then `virtual` residual directions."""
-        basis = Basis.ranked(self.order[:ranked].tolist(), self.split.channels)
-        return basis + Basis.virtual(self.directions(basis, virtual))
+        p = self.split.channels
+        basis = SentBasis.ranked(self.ranking.order[:ranked], p)
+        if not virtual:
+            return basis
+        directions, _ = residual_directions(self.batches, basis, virtual, self.kernel, self.ridge)
+        return basis + SentBasis([VIRTUAL] * virtual, directions, p)
 
-    def nested(self, widths: Sequence[int], share: float) -> Basis:
-        """One sequence whose first C rows serve each C in `widths`: each block up to the next C takes the next
-        ranked channels, then (a `share` of the block) the residual directions of everything before it."""
-        basis = Basis.ranked([], self.split.channels)
-        used = 0
-        for width in widths:
-            block = width - basis.width
-            virtual = round(block * share)
-            basis = basis + Basis.ranked(self.order[used : used + block - virtual].tolist(), self.split.channels)
-            used += block - virtual
-            basis = basis + Basis.virtual(self.directions(basis, virtual))
-            log.info("nested sequence: C=%d (%d ranked, %d virtual so far)", basis.width, used, basis.width - used)
-        return basis
+    def nested(self, widths: Sequence[int], share: float) -> SentBasis:
+        """One sequence whose first C rows serve each C in `widths` (`baf.residual_ranking.nested_sequence`)."""
+        return nested_sequence(self.batches, self.ranking.order, widths, share, self.kernel, self.ridge)[0]
 
 
-def score(split: Split, ranking: Ranking, dataset: CocoDataset, category_ids: list[int], basis: Basis, bits: int,
+def score(split: Split, ranking: Ranking, dataset: CocoDataset, category_ids: list[int], basis: SentBasis, bits: int,
           qp: int | None, weight: Tensor, bias: Tensor) -> dict[str, Any]:
     """AP, AP50 and mean bytes of sending `basis` at n=`bits` (JPEG XL, or HEVC intra at `qp`) on `dataset`: each
     image's sent channels go through the edge encoder's bitstream and the cloud's frame decoder."""
@@ -234,9 +166,9 @@ def score(split: Split, ranking: Ranking, dataset: CocoDataset, category_ids: li
             "AP50": result.stats["AP50"], "mean_bytes": float(np.mean(sizes)), "images": result.images}  # fmt: skip
 
 
-def jobs(args: argparse.Namespace, fitter: Fitter) -> Iterator[tuple[tuple[Any, ...], Basis, int, int | None]]:
+def jobs(args: argparse.Namespace, fitter: Fitter) -> Iterator[tuple[tuple[Any, ...], SentBasis, int, int | None]]:
     """(key, basis, n, QP) of every configuration to score, bases built as they are first needed."""
-    flat: dict[tuple[int, int], Basis] = {}
+    flat: dict[tuple[int, int], SentBasis] = {}
     for config in args.configs:
         key = (config.ranked, config.virtual)
         if key not in flat:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from baf import bitstream, ops
+from baf.basis import VIRTUAL, SentBasis
 from baf.cloud import CloudPipeline, FrameDecoder, ZerosRestorer, read_bitstreams
 from baf.edge import EdgeEncoder
 from baf.errors import BafError, BitstreamError, HeaderMismatchError
@@ -82,8 +82,13 @@ def test_all_channels_detect_like_the_unsplit_model(split, ranking, pipeline, im
 def test_zeros_restorer_puts_channels_in_ranked_positions():
     q = torch.tensor([[[[3]], [[1]]]], dtype=torch.int32)  # [1, C=2, 1, 1]
     lo, hi = torch.zeros(1, 2, dtype=torch.float16), torch.full((1, 2), 3.0, dtype=torch.float16)
-    z = ZerosRestorer([2, 0, 1], 3).restore(q, lo, hi, 2)
+    z = ZerosRestorer(SentBasis.ranked([2, 0, 1], 3)).restore(q, lo, hi, 2)
     assert z.flatten().tolist() == [1.0, 0.0, 3.0]
+    # A virtual row has no channel of its own: it is dropped, the ranked row after it still lands in place.
+    mixed = SentBasis([2, VIRTUAL, 0], torch.ones(1, 3), 3)
+    q3 = torch.tensor([[[[3]], [[2]], [[1]]]], dtype=torch.int32)
+    lo3, hi3 = torch.zeros(1, 3, dtype=torch.float16), torch.full((1, 3), 3.0, dtype=torch.float16)
+    assert ZerosRestorer(mixed).restore(q3, lo3, hi3, 2).flatten().tolist() == [1.0, 0.0, 3.0]
 
 
 def _header(split, ranking, **changes) -> bitstream.Header:

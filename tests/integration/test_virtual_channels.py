@@ -1,4 +1,5 @@
-"""bench/virtual_channels.py on a 12-image feature cache: the residual directions, the sent tensor, a scored run."""
+"""bench/virtual_channels.py on a 12-image feature cache: flat and nested bases, scored runs (the directions' own
+tests are in tests/unit/test_residual_ranking.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,11 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from baf.models.zoo import load_split
 from baf.ranking import find_ranking
 from baf.train import build_cache
-from bench.virtual_channels import Basis, Config, Fitter, main
+from bench.virtual_channels import Config, Fitter, main
 
 pytestmark = pytest.mark.slow
 
@@ -28,33 +28,16 @@ def fitter(cache):
     return Fitter(split, find_ranking("yolov3-tiny", split.layer), cache, kernel=3, images=10, heldout=2, ridge=1e-4)
 
 
-def residual_energy(fitter: Fitter, basis: Basis) -> float:
-    """Mean squared error of restoring all P channels from what `basis` sends, on the fit images."""
-    weight, bias = fitter.fit(basis, None)
-    errors = [float((F.conv2d(basis.send(z), weight, bias, padding=1) - z).pow(2).mean()) for z in fitter.batches()]
-    return sum(errors) / len(errors)
-
-
-def test_directions_are_orthonormal_and_send_more_than_ranked_channels(fitter):
-    basis = fitter.flat(8, 8)
-    assert basis.channels == (*fitter.order[:8].tolist(), *[-1] * 8)
-    dirs = basis.rows[8:]
-    torch.testing.assert_close(dirs @ dirs.T, torch.eye(8), atol=1e-5, rtol=0)
+def test_fitter_builds_flat_and_nested_bases_from_the_ranking(fitter):
+    order = list(fitter.ranking.order)
+    flat = fitter.flat(8, 8)
+    assert flat.channels == (*order[:8], *[-1] * 8) and flat.virtual == 8
     z = next(iter(fitter.batches()))
-    s = basis.send(z)
-    assert s.shape == (z.shape[0], 16, *z.shape[2:])
-    assert torch.equal(s[:, :8], z[:, fitter.order[:8]])  # a ranked row is its channel, exactly
-    torch.testing.assert_close(s[:, 8:], torch.einsum("kp,bphw->bkhw", dirs, z))
-    # On the data they were fitted to, 8 residual directions beat the next 8 ranked channels.
-    assert residual_energy(fitter, basis) < residual_energy(fitter, fitter.flat(16, 0))
-
-
-def test_nested_sequence_is_ranked_then_virtual_per_block(fitter):
-    sequence = fitter.nested([4, 8, 16], share=0.5)
-    ranked = fitter.order.tolist()
-    assert sequence.channels == (*ranked[:2], -1, -1, *ranked[2:4], -1, -1, *ranked[4:8], -1, -1, -1, -1)
-    # Each block's directions explain what its prefix cannot: the prefix of 8 beats 8 ranked channels.
-    assert residual_energy(fitter, sequence.prefix(8)) < residual_energy(fitter, fitter.flat(8, 0))
+    assert torch.equal(flat.send(z)[:, :8], z[:, order[:8]])
+    nested = fitter.nested([4, 8], share=0.5)
+    assert nested.channels[:8] == (*order[:2], -1, -1, *order[2:4], -1, -1)
+    weight, bias = fitter.fit(nested.prefix(8), 3)
+    assert weight.shape == (256, 8, 3, 3) and bias.shape == (256,)
 
 
 def test_scored_run_writes_rows(cache, shared_data, tmp_path, capsys):

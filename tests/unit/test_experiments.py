@@ -7,7 +7,18 @@ import json
 
 import pytest
 
-from bench.experiments import ALL_CHANNELS_CURVE, FEATURES_CURVE, RECODE_CURVES, Config, build_tables, pareto, plan, write_results
+from bench.experiments import (
+    ALL_CHANNELS_CURVE,
+    FEATURES_CURVE,
+    RANKED_CURVE,
+    RECODE_CURVES,
+    VIRTUAL,
+    Config,
+    build_tables,
+    pareto,
+    plan,
+    write_results,
+)
 
 JPEG = 150_000.0
 SHA = "ab" * 32
@@ -19,7 +30,7 @@ def report(config: Config, ap50: float, mean_bytes: float | None) -> dict:
         r |= {"channels": config.channels or 256, "bits": config.bits, "codec": config.codec, "qp": config.qp,
               "mean_bytes": mean_bytes, "jpeg_mean_bytes": JPEG, "saved_vs_jpeg": 1 - mean_bytes / JPEG,
               "restoration": "baf" if config.kind == "baf" else "zeros"}
-        if config.kind == "baf":
+        if config.kind in ("baf", VIRTUAL):
             r |= {"predictor": "p.json", "predictor_sha256": SHA, "predictor_steps": 3000,
                   "predictor_serves": {"channels": [64], "bits": [8]}}
     return r
@@ -107,3 +118,27 @@ def test_frontier_compares_features_with_recoded_images(reports, tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == len(front["features"]) + 3 and {r["method"] for r in rows} == {"features", jpeg}
     assert "image recoded as JPEG" in (tmp_path / "summary.md").read_text()
+
+
+def test_virtual_configurations_join_the_front_and_the_ranked_front_is_kept_apart(reports, tmp_path):
+    for q, ap50, size in ((20, 0.41, 12_000.0), (50, 0.425, 22_000.0), (90, 0.437, 60_000.0)):
+        config = Config("recode", codec="jpeg", quality=q)
+        reports[config.name] = {"mode": f"recode jpeg q={q}", "images": 164, "AP": ap50 / 2, "AP50": ap50,
+                                "recode": "jpeg", "quality": q, "qp": None, "mean_bytes": size,
+                                "jpeg_mean_bytes": JPEG, "saved_vs_jpeg": 1 - size / JPEG}
+    for c, ap50 in ((16, 0.30), (32, 0.38), (64, 0.425)):  # cheaper than the ranked channels at each AP50
+        config = Config(VIRTUAL, c, 3, "jxl")
+        reports[config.name] = report(config, ap50, 300.0 * c)
+    assert "virtual_c32_n3_jxl" in [c.name for c in plan()]
+    tables = build_tables(reports)
+    front = tables["frontier"]
+    on_front = [p["config"] for p in front["front"]]
+    assert {"virtual_c16_n3_jxl", "virtual_c64_n3_jxl"} <= set(on_front)
+    assert not any(p["config"].startswith("virtual_") for p in front["ranked_only_front"])
+    jpeg = RECODE_CURVES["jpeg"]
+    assert front["bd_rate_ranked_only"][jpeg]["curve"] == RANKED_CURVE
+    assert front["bd_rate"][jpeg]["bd_rate"] < front["bd_rate_ranked_only"][jpeg]["bd_rate"]
+    savings = {(r["method"], r["max_loss_points"]): r for r in tables["savings"]}
+    assert savings["virtual channels (residual-pca, lossless)", 2.0]["config"] == "virtual_c64_n3_jxl"
+    write_results(tmp_path, tables)
+    assert RANKED_CURVE in (tmp_path / "summary.md").read_text()

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from baf import ops
+from baf.basis import VIRTUAL
 from baf.errors import CheckpointError
 from baf.predictor import (
     BafPredictor,
@@ -24,9 +25,10 @@ from baf.predictor import (
 
 def make(
     stride: int = 1, channels=(2, 4), bits=(2, 8), kind: str = "hybrid", seed: int = 0, kernel: int = 3,
-    linear_bits=(),
+    linear_bits=(), order=tuple(range(7, -1, -1)), directions=None,
 ) -> tuple[BafPredictor, nn.BatchNorm2d]:
-    """A predictor for a random conv (Q=4 -> P=8, 3x3, `stride`) + BN, ranked in reverse channel order."""
+    """A predictor for a random conv (Q=4 -> P=8, 3x3, `stride`) + BN, sending `order` (default: reverse channel
+    order; VIRTUAL rows take `directions` in turn)."""
     torch.manual_seed(seed)
     conv = nn.Conv2d(4, 8, 3, stride, 1, bias=False)
     bn = nn.BatchNorm2d(8).eval()
@@ -42,7 +44,7 @@ def make(
                           kind=kind, linear_kernel=kernel, activation_slope=0.1,
                           linear_bits=linear_bits)  # fmt: skip
     std = torch.sqrt(bn.running_var.double() + bn.eps)
-    return BafPredictor(cfg, conv.weight, scale, shift, bn.running_mean, std, list(range(7, -1, -1))), bn
+    return BafPredictor(cfg, conv.weight, scale, shift, bn.running_mean, std, list(order), directions), bn
 
 
 def test_inverse_bn_exactly_inverts_bn():
@@ -164,7 +166,7 @@ def test_an_n_bit_fit_restores_n_bit_inputs_better_than_the_unquantized_fit():
     predictor, _ = make(kind="linear", linear_bits=(2,))
     z = correlated()
     fit_linear(predictor, [z[:12], z[12:]], ridge=1e-6)
-    inputs = make_inputs(z, predictor.order, 2, 2)
+    inputs = make_inputs(z, predictor.basis, 2, 2)
     with torch.no_grad():
         own = float((predictor.linear(inputs, 2) - z).square().mean())
         shared = float((predictor.linear(inputs, None) - z).square().mean())
@@ -179,15 +181,15 @@ def test_normal_equations_take_given_inputs_as_the_cloud_receives_them():
 
     predictor, _ = make(kind="linear")
     z = correlated(8)
-    own = NormalEquations(predictor.config, 2)
-    given = NormalEquations(predictor.config)
-    own.add(z, predictor.order)
-    given.add(z, predictor.order, make_inputs(z, predictor.order, 4, 2))
+    own = NormalEquations.for_predictor(predictor.config, 2)
+    given = NormalEquations.for_predictor(predictor.config)
+    own.add(z, predictor.basis)
+    given.add(z, predictor.basis, make_inputs(z, predictor.basis, 4, 2))
     # The same n-bit inputs handed in give the same statistics as the n-bit system makes itself.
     torch.testing.assert_close(given.gram.matrix(), own.gram.matrix())
     torch.testing.assert_close(given.rhs, own.rhs)
     with pytest.raises(ValueError, match="inputs: expected"):
-        given.add(z, predictor.order, z[:, :3])
+        given.add(z, predictor.basis, z[:, :3])
 
 
 def test_linear_bits_are_checked_saved_and_copied(tmp_path):
@@ -280,3 +282,48 @@ def test_z_transform_keeps_shape_and_uses_ranked_channels():
     sent = predictor.order[:4]
     step = (z[:, sent].amax((2, 3)) - z[:, sent].amin((2, 3))) / 255
     assert bool(((out[:, sent] - z[:, sent]).abs() <= step[..., None, None] * 0.5 + 1e-2).all())
+
+
+def virtual(kind: str = "linear", bits=(2, 8)) -> BafPredictor:
+    """A predictor whose sent rows are channel 7, a virtual row, channel 5, a virtual row."""
+    directions = torch.randn(2, 8, generator=torch.Generator().manual_seed(2))
+    return make(kind=kind, bits=bits, order=(7, VIRTUAL, 5, VIRTUAL, 3, 2, 1, 0), directions=directions)[0]
+
+
+def test_virtual_rows_are_restored_from_and_only_ranked_rows_clamped(tmp_path):
+    predictor = virtual()
+    z = correlated()
+    fit_linear(predictor, [z[:12], z[12:]], ridge=1e-6)
+    basis = predictor.basis
+    sent = basis.send(z[:2])
+    torch.testing.assert_close(sent[:, 1], torch.einsum("p,bphw->bhw", predictor.directions[0], z[:2]))
+    q, lo, hi = ops.quantize_torch(sent.contiguous(), 2)
+    with torch.no_grad():
+        free = predictor(ops.dequantize_torch(q, lo, hi, 2), 2)
+        out = predictor.restore(q, lo, hi, 2)
+    clamped = ops.clamp_to_bins_torch(free[:, [7, 5]].contiguous(), q[:, [0, 2]], lo[:, [0, 2]], hi[:, [0, 2]], 2)
+    torch.testing.assert_close(out[:, [7, 5]], clamped)  # eq. 6 on the two ranked rows
+    others = [p for p in range(8) if p not in (7, 5)]
+    torch.testing.assert_close(out[:, others], free[:, others])  # nothing clamps a channel through a virtual row
+    # The fit at C=4 restores from the virtual rows too: better than from its two ranked rows alone (fit data).
+    with torch.no_grad():
+        only_ranked = make(kind="linear", order=(7, 5, 6, 4, 3, 2, 1, 0))[0]
+        fit_linear(only_ranked, [z[:12], z[12:]], ridge=1e-6)
+        with_virtual = float((predictor(basis.send(z, 4), 8) - z).square().mean())
+        assert with_virtual < 0.9 * float((only_ranked(z[:, [7, 5]], 8) - z).square().mean())
+    # The directions are part of the checkpoint and of its split digest.
+    save_predictor(predictor, tmp_path / "v")
+    loaded = load_predictor(tmp_path / "v.json")
+    assert torch.equal(loaded.directions, predictor.directions) and loaded.split_digest() == predictor.split_digest()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.restore(q, lo, hi, 2), out)
+        out_t = z_transform(loaded, 4, 8)(z[:2])
+    assert out_t.shape == z[:2].shape
+
+
+def test_network_kinds_refuse_virtual_rows():
+    for kind in ("baf", "hybrid"):
+        with pytest.raises(ValueError, match="cannot take virtual channels"):
+            virtual(kind)
+    with pytest.raises(ValueError, match="directions: expected shape"):
+        make(kind="linear", order=(7, VIRTUAL, 5, 4, 3, 2, 1, 0))

@@ -148,9 +148,9 @@ def test_feature_loss_term_is_added_and_recorded(tmp_path):
     z = torch.randn(4, 8, 6, 6)
     tail = torch.nn.Conv2d(8, 3, 3, padding=1).requires_grad_(False)
     torch.manual_seed(0)
-    plain = loss_on(predictor, predictor.config, predictor.order, z, 4, 8)
-    with_term = loss_on(predictor, predictor.config, predictor.order, z, 4, 8, FeatureLoss(tail, 0.5))
-    pred = predictor(make_inputs(z, predictor.order, 4, 8), 8)
+    plain = loss_on(predictor, predictor.config, predictor.basis, z, 4, 8)
+    with_term = loss_on(predictor, predictor.config, predictor.basis, z, 4, 8, FeatureLoss(tail, 0.5))
+    pred = predictor(make_inputs(z, predictor.basis, 4, 8), 8)
     expected = plain + 0.5 * charbonnier(tail(pred), tail(z))
     torch.testing.assert_close(with_term, expected)
     cache = toy_cache(tmp_path / "cache")
@@ -167,7 +167,7 @@ def test_balance_rates_divides_by_the_starting_loss_of_each_rate(tmp_path):
     start, s0 = run(tmp_path, "start", cache, max_steps=0, balance_rates=True)
     z_train = torch.from_numpy(np.array(cache.z[:-4])).float()  # heldout=4; the toy cache is below REFERENCE_IMAGES
     with torch.no_grad():
-        expected = {f"{c}/{n}": float(loss_on(start, start.config, start.order, z_train, c, n))
+        expected = {f"{c}/{n}": float(loss_on(start, start.config, start.basis, z_train, c, n))
                     for c in (2, 4) for n in (2, 8)}  # fmt: skip
     assert s0.reference.keys() == expected.keys()
     for key, loss in expected.items():
