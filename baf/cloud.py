@@ -159,7 +159,11 @@ class FrameDecoder:
 
 
 class CloudPipeline:
-    """The model side shared by every stream: checks headers, restores Z, runs the cloud half and NMS."""
+    """The model side shared by every stream: checks headers, restores Z, runs the cloud half and NMS.
+
+    It accepts the frames of `ranking` (restored by `restorer`) and of every ranking in `also`, each with its
+    own restorer; the header's ranking id picks one.
+    """
 
     def __init__(
         self,
@@ -168,15 +172,19 @@ class CloudPipeline:
         *,
         restorer: Restorer | None = None,
         settings: DetectSettings | None = None,
+        also: Sequence[tuple[Ranking, Restorer]] = (),
     ) -> None:
-        if (ranking.model, ranking.layer, ranking.channels) != (split.model.name, split.layer, split.channels):
-            raise BafError(
-                f"ranking {ranking.id} orders {ranking.model} layer {ranking.layer}, "
-                f"not {split.model.name} layer {split.layer}"
-            )
         self.split, self.ranking = split, ranking
         self.restorer: Restorer = restorer or ZerosRestorer(ranking.basis())
-        self.restoration = getattr(self.restorer, "name", type(self.restorer).__name__)
+        self.restoration = restoration_name(self.restorer)
+        self.restorers: dict[str, tuple[Ranking, Restorer]] = {}
+        for r, rest in ((ranking, self.restorer), *also):
+            if (r.model, r.layer, r.channels) != (split.model.name, split.layer, split.channels):
+                raise BafError(f"ranking {r.id} orders {r.model} layer {r.layer}, not {split.model.name} layer "
+                               f"{split.layer}")  # fmt: skip
+            if r.id in self.restorers:
+                raise BafError(f"ranking {r.id} is given twice")
+            self.restorers[r.id] = (r, rest)
         self.settings = settings or DetectSettings()
 
     @classmethod
@@ -213,10 +221,11 @@ class CloudPipeline:
                 ("model", h.model, split.model.name),
                 ("split layer", h.split_layer, split.layer),
                 ("P", h.channels_total, split.channels),
-                ("ranking", h.ranking_hex, self.ranking.id),
             )
             if found != expected
         ]
+        if h.ranking_hex not in self.restorers:
+            wrong.append(f"ranking {h.ranking_hex} (decoder: {', '.join(self.restorers)})")
         if h.height != h.width:
             wrong.append(f"H x W {h.height}x{h.width} (decoder: square letterboxed features)")
         else:
@@ -241,33 +250,37 @@ class CloudPipeline:
         return box
 
     def restore(self, frames: Sequence[DecodedFrame]) -> Tensor:
-        """Z [B,P,h,w] for frames that share C, n and feature size, on the model's device."""
+        """Z [B,P,h,w] for frames that share ranking, C, n and feature size, on the model's device."""
         first = frames[0].header
-        key = (first.channels, first.bits, first.height, first.width)
-        if any((f.header.channels, f.header.bits, f.header.height, f.header.width) != key for f in frames):
-            raise ValueError("frames: restore needs frames of one C, n and feature size")
+        key = _batch_key(first)
+        if any(_batch_key(f.header) != key for f in frames):
+            raise ValueError("frames: restore needs frames of one ranking, C, n and feature size")
+        if first.ranking_hex not in self.restorers:
+            raise HeaderMismatchError(f"ranking {first.ranking_hex} is not served here")
+        restorer = self.restorers[first.ranking_hex][1]
         device = self.split.conv.weight.device
         q = torch.from_numpy(np.stack([f.q.astype(np.int32) for f in frames])).to(device)
         lo = torch.from_numpy(np.stack([f.lo for f in frames])).to(device)
         hi = torch.from_numpy(np.stack([f.hi for f in frames])).to(device)
         try:
             with torch.inference_mode():
-                z = self.restorer.restore(q, lo, hi, first.bits)
+                z = restorer.restore(q, lo, hi, first.bits)
         except ValueError as e:
-            raise HeaderMismatchError(f"restoration {self.restoration}: {e}") from None
+            raise HeaderMismatchError(f"restoration {restoration_name(restorer)}: {e}") from None
         expected = (len(frames), self.split.channels, first.height, first.width)
         if tuple(z.shape) != expected:
-            raise RuntimeError(f"restorer {self.restoration} gave shape {tuple(z.shape)}, expected {expected}")
+            raise RuntimeError(f"restorer {restoration_name(restorer)} gave shape {tuple(z.shape)}, "
+                               f"expected {expected}")  # fmt: skip
         return z.float()
 
     def detect(self, frames: Sequence[DecodedFrame], timer: StageTimer | None = None) -> list[Detections]:
-        """Detections per frame, in source-frame pixels; frames of one C, n and size run as one batch.
+        """Detections per frame, in source-frame pixels; frames of one ranking, C, n and size run as one batch.
 
         `timer` gets the predict, backend and nms time of each such batch.
         """
-        groups: dict[tuple[int, int, int, int], list[int]] = {}
+        groups: dict[tuple[str, int, int, int, int], list[int]] = {}
         for i, f in enumerate(frames):
-            groups.setdefault((f.header.channels, f.header.bits, f.header.height, f.header.width), []).append(i)
+            groups.setdefault(_batch_key(f.header), []).append(i)
         results: list[Detections | None] = [None] * len(frames)
         s = self.settings
         for indices in groups.values():
@@ -286,6 +299,16 @@ class CloudPipeline:
                     for i, d, box in zip(indices, found, boxes, strict=True):
                         results[i] = d.to_source(box)
         return [d for d in results if d is not None]
+
+
+def _batch_key(header: Header) -> tuple[str, int, int, int, int]:
+    """Frames restore together only with the same ranking, C, n and feature size."""
+    return header.ranking_hex, header.channels, header.bits, header.height, header.width
+
+
+def restoration_name(restorer: Restorer) -> str:
+    """A restorer's name for logs and errors (`zeros`, or the predictor class)."""
+    return str(getattr(restorer, "name", type(restorer).__name__))
 
 
 def read_bitstreams(path: str | os.PathLike[str]) -> Iterator[tuple[str, bytes]]:

@@ -128,6 +128,8 @@ class BafPredictor(nn.Module):
     checkpoint is self-contained; only the backward network has parameters.
     """
 
+    name = "baf-predictor"  # how logs, reports and GetCapabilities name this restoration
+
     def __init__(
         self,
         config: PredictorConfig,

@@ -388,10 +388,31 @@ def load_ranking(model: str, layer: int) -> Ranking:
     return ranking
 
 
+def is_packaged_variant(name: str | os.PathLike[str]) -> bool:
+    """True if `name` (no folder, no file of that name here) names a ranking packaged beside a default one, e.g.
+    `residual-pca`: what `find_ranking` then takes for any model and layer that has it."""
+    text = str(name)
+    if Path(text).exists() or os.sep in text or not text:
+        return False
+    return any(packaged_ranking_path("m", 0).parent.glob(f"*_l*_{text}.json"))
+
+
+def packaged_rankings(model: str, layer: int) -> list[Ranking]:
+    """Every ranking the package keeps for `model` at `layer`: the default first, then the others by name."""
+    default = packaged_ranking_path(model, layer)
+    others = sorted(default.parent.glob(f"{model}_l{layer}_*.json"))
+    rankings = [read_ranking(p) for p in ([default] if default.is_file() else []) + others]
+    return [r for r in rankings if (r.model, r.layer) == (model, layer)]
+
+
 def find_ranking(model: str, layer: int, path: str | os.PathLike[str] | None = None) -> Ranking:
-    """The ranking file at `path` if given (it must rank `model` at `layer`), else the packaged one."""
+    """The ranking file at `path` if given (it must rank `model` at `layer`), else the packaged one. A `path`
+    that is no file but names a ranking packaged beside the default (e.g. `residual-pca`) means that one."""
     if path is None:
         return load_ranking(model, layer)
+    if not Path(path).exists() and os.sep not in str(path):
+        variant = packaged_ranking_path(model, layer, str(path))
+        path = variant if variant.is_file() else path
     ranking = read_ranking(path)
     if (ranking.model, ranking.layer) != (model, layer):
         raise RankingError(f"{path}: ranks {ranking.model} layer {ranking.layer}, expected {model} layer {layer}")

@@ -102,6 +102,8 @@ class ClientConfig:
             raise ConfigError(f"{_names('tls_cert')} and {_names('tls_key')} (mTLS) go together")
         for name in ("tls_ca", "tls_cert", "tls_key", "token_file", "weights", "ranking"):
             path = getattr(self, name)
+            if name == "ranking" and path is not None and _packaged_variant(path):
+                continue
             if path is not None and not path.is_file():
                 raise ConfigError(f"{_names(name)}: no such file {path}")
         for name in ("output", "annotate"):
@@ -160,7 +162,7 @@ _FLAGS: tuple[tuple[str, object, str], ...] = (
     ("model", str, "model the server runs (default: %(default)s)"),
     ("layer", int, "split layer (default: the model's)"),
     ("weights", Path, "darknet .weights file (default: the model's own)"),
-    ("ranking", Path, "ranking file (default: the one packaged with the model)"),
+    ("ranking", Path, "ranking file, or a packaged one by name, e.g. residual-pca (default: the model's own)"),
     ("size", positive_int, "model input size (default: %(default)s)"),
     ("channels", positive_int, f"fix C, the channels sent (default: {DEFAULT_CHANNELS})"),
     ("bits", positive_int, f"fix n, bits per element (default: {DEFAULT_BITS})"),
@@ -220,3 +222,10 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
     if "BAF_TOKEN" in environ:
         values["token"] = environ["BAF_TOKEN"]
     return ClientConfig(**values)  # type: ignore[arg-type]
+
+
+def _packaged_variant(path: Path) -> bool:
+    """True if --ranking names a packaged ranking (baf.ranking imports torch, so only when asked)."""
+    from baf.ranking import is_packaged_variant
+
+    return is_packaged_variant(path)

@@ -68,11 +68,38 @@ def load_pipeline(cfg: ServerConfig) -> tuple[CloudPipeline, Served]:
             raise ConfigError(f"{e}; pass --predictor PATH (BAF_PREDICTOR) or --restoration zeros") from None
         predictor = load_predictor(path, model=split.model.name, layer=split.layer, ranking_id=ranking.id,
                                    map_location=device)
-        pipeline = CloudPipeline(split, ranking, restorer=predictor, settings=settings)
-        served = Served(predictor.config.channels, predictor.config.bits, "baf-predictor",
-                        Path(path).with_suffix(".safetensors").name, served.codecs)
+        # All defaults: every other packaged ranking is served too, by its packaged checkpoint.
+        also = packaged_also(split, predictor, device) if cfg.ranking is None and cfg.predictor is None else []
+        pipeline = CloudPipeline(split, ranking, restorer=predictor, settings=settings,
+                                 also=[(r, p) for r, p, _ in also])  # fmt: skip
+        names = [p.with_suffix(".safetensors").name for p in [Path(path), *(p for _, _, p in also)]]
+        served = Served(predictor.config.channels, predictor.config.bits, "baf-predictor", ", ".join(names),
+                        served.codecs)  # fmt: skip
     split.model.to(device)
     return pipeline, served
+
+
+def packaged_also(split: Any, main: Any, device: Any) -> list[tuple[Any, Any, Path]]:
+    """(ranking, predictor, checkpoint path) of every packaged ranking besides the default that has a packaged checkpoint serving
+    the same C and n as `main` (what the capabilities announce); others are skipped with a warning."""
+    from baf.predictor import load_predictor, packaged_checkpoint
+    from baf.ranking import packaged_rankings
+
+    also = []
+    for ranking in packaged_rankings(split.model.name, split.layer)[1:]:
+        try:
+            path = packaged_checkpoint(split.model.name, split.layer, ranking.id)
+            predictor = load_predictor(path, model=split.model.name, layer=split.layer, ranking_id=ranking.id,
+                                       map_location=device)
+        except CheckpointError as e:
+            log.warning("packaged ranking not served ranking=%s reason=%s", ranking.id, e)
+            continue
+        if (predictor.config.channels, predictor.config.bits) != (main.config.channels, main.config.bits):
+            log.warning("packaged ranking not served ranking=%s reason=its checkpoint serves other C or n",
+                        ranking.id)  # fmt: skip
+            continue
+        also.append((ranking, predictor, path))
+    return also
 
 
 def available_codecs() -> list[str]:

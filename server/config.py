@@ -43,7 +43,8 @@ class ServerConfig:
     model: str = _opt("yolov3-tiny", "model served")
     layer: int | None = _opt(None, "split layer (default: the model's)")
     weights: Path | None = _opt(None, "darknet .weights file (default: the model's own)")
-    ranking: Path | None = _opt(None, "channel ranking file (default: the one packaged with the model)")
+    ranking: Path | None = _opt(None, "channel ranking file, or a packaged one by name, e.g. residual-pca (default: "
+                                      "the model's own, and every packaged ranking with a packaged checkpoint)")
     restoration: str = _opt("predictor", "how missing channels are restored", choices=RESTORATIONS)
     predictor: Path | None = _opt(None, "BaF predictor checkpoint (.json or .safetensors; default: the packaged "
                                         "one serving the most C and n)")
@@ -107,6 +108,8 @@ class ServerConfig:
             raise fail("tls_client_ca", "client certificates (mTLS) need server TLS: give --tls-cert and --tls-key")
         for name in ("weights", "ranking", "predictor", "tls_cert", "tls_key", "tls_client_ca", "token_file"):
             path = getattr(self, name)
+            if name == "ranking" and path is not None and _packaged_variant(path):
+                continue
             if path is not None and not path.is_file():
                 raise fail(name, f"file {path} not found")
         if self.token_file is not None and self.token is not None:
@@ -216,3 +219,10 @@ def load(argv: list[str], environ: Mapping[str, str]) -> ServerConfig:
 def _type_name(hint: Any) -> str:
     base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
     return {int: "integer", float: "number", Path: "path", str: "string"}.get(base, str(base))
+
+
+def _packaged_variant(path: Path) -> bool:
+    """True if --ranking names a packaged ranking (baf.ranking imports torch, so only when asked)."""
+    from baf.ranking import is_packaged_variant
+
+    return is_packaged_variant(path)

@@ -144,7 +144,7 @@ class DetectionServicer(pb_grpc.DetectionServiceServicer):
         return pb.GetCapabilitiesResponse(
             models=[pb.ModelCapability(
                 model=p.split.model.name, split_layer=p.split.layer, channels_total=p.split.channels,
-                ranking_ids=[p.ranking.id], channels=list(s.channels), bits=list(s.bits),
+                ranking_ids=list(p.restorers), channels=list(s.channels), bits=list(s.bits),
                 restoration=s.restoration, checkpoint=s.checkpoint, class_names=list(self._names),
             )],
             codecs=list(s.codecs),

@@ -1,9 +1,10 @@
 """`baf decode`: decode `.baf` bitstreams (cloud side): the transmitted channels, and detections.
 
 `--tensor` saves the dequantized transmitted channels, [C,H,W] float32 for one frame and [N,C,H,W]
-for a stream (ranking order). `--detections` runs the cloud half on the restored features and writes
-JSON with boxes in source-frame pixels; the restoration is `zeros` (missing channels zero) until a
-BaF predictor is plugged in.
+for a stream (sequence order). `--detections` restores all P channels (eq. 5-6) with the packaged predictor
+checkpoint made for the frames' ranking (or --predictor; --restoration zeros leaves the missing channels at
+zero), runs the cloud half and writes JSON with boxes in source-frame pixels. The ranking is the packaged one
+whose id the first header carries, or --ranking.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 from baf.argtypes import unit_float
 
@@ -22,7 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", type=Path, help=".baf file, .bafs stream, or folder of .baf files")
     p.add_argument("--tensor", type=Path, help="write the dequantized transmitted channels here (.npy)")
     p.add_argument("--detections", type=Path, help="write detections here (JSON)")
-    p.add_argument("--ranking", type=Path, help="ranking file (default: the one packaged with the model)")
+    p.add_argument("--ranking", type=Path,
+                   help="ranking file or packaged name (default: the packaged ranking the header names)")
+    p.add_argument("--restoration", choices=("predictor", "zeros"), default="predictor",
+                   help="how --detections restores the missing channels (default: %(default)s)")
+    p.add_argument("--predictor", type=Path,
+                   help="predictor checkpoint (default: the packaged one for the ranking)")
     p.add_argument("--conf-thres", type=unit_float, default=0.25, help="default: %(default)s")
     p.add_argument("--nms-iou", type=unit_float, default=0.45, help="default: %(default)s")
     p.add_argument("--weights", type=Path, default=os.environ.get("BAF_WEIGHTS"),
@@ -38,21 +45,19 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from baf import bitstream
-    from baf.cloud import (
-        CloudPipeline, DetectSettings, FrameDecoder, detections_json, is_stream_container, read_bitstreams,
-    )
+    from baf.cloud import FrameDecoder, detections_json, is_stream_container, read_bitstreams
     from baf.errors import BafError
 
     for flag, path in (("--tensor", args.tensor), ("--detections", args.detections)):
         if path is not None and not path.parent.is_dir():
             raise BafError(f"{flag}: folder {path.parent} does not exist")
+    if args.predictor is not None and args.restoration == "zeros":
+        raise BafError("--predictor was given with --restoration zeros; choose one")
     bitstreams = read_bitstreams(args.file)
     first = next(bitstreams)
     pipeline = None
     if args.detections is not None:
-        header = bitstream.parse(first[1]).header
-        settings = DetectSettings(conf_threshold=args.conf_thres, iou_threshold=args.nms_iou)
-        pipeline = CloudPipeline.load(header.model, header.split_layer, args.weights, args.ranking, settings=settings)
+        pipeline = detect_pipeline(args, bitstream.parse(first[1]).header)
     tensors, results = [], []
     with FrameDecoder(pipeline) as decoder:
         for name, data in itertools.chain([first], bitstreams):
@@ -77,13 +82,39 @@ def run(args: argparse.Namespace) -> int:
         np.save(args.tensor, array)
         print(f"{args.tensor}: dequantized transmitted channels {list(array.shape)} float32")
     if pipeline is not None:
+        checkpoint = getattr(pipeline.restorer, "source_sha256", None)
         report = {"model": pipeline.split.model.name, "split_layer": pipeline.split.layer,
                   "ranking_id": pipeline.ranking.id, "restoration": pipeline.restoration,
-                  "conf_threshold": args.conf_thres, "nms_iou": args.nms_iou, "frames": results}  # fmt: skip
+                  "checkpoint_sha256": checkpoint, "conf_threshold": args.conf_thres, "nms_iou": args.nms_iou,
+                  "frames": results}  # fmt: skip
         args.detections.write_text(json.dumps(report, indent=1) + "\n")
         print(f"{args.detections}: {sum(len(r['detections']) for r in results)} detections in {len(results)} frame(s), "
               f"restoration {pipeline.restoration}")
     return 0
+
+
+def detect_pipeline(args: argparse.Namespace, header: Any) -> Any:
+    """The cloud pipeline for the frames: their model and ranking, restored as --restoration says."""
+    from baf.cloud import CloudPipeline, DetectSettings
+    from baf.errors import BafError
+    from baf.models.zoo import load_split
+    from baf.predictor import load_predictor, packaged_checkpoint
+    from baf.ranking import find_ranking, packaged_rankings
+
+    split = load_split(header.model, header.split_layer, args.weights)
+    if args.ranking is not None:
+        ranking = find_ranking(split.model.name, split.layer, args.ranking)
+    else:
+        known = {r.id: r for r in packaged_rankings(split.model.name, split.layer)}
+        if header.ranking_hex not in known:
+            raise BafError(f"ranking {header.ranking_hex} of the first frame is not packaged; pass --ranking FILE")
+        ranking = known[header.ranking_hex]
+    predictor = None
+    if args.restoration == "predictor":
+        path = args.predictor or packaged_checkpoint(split.model.name, split.layer, ranking.id)
+        predictor = load_predictor(path, model=split.model.name, layer=split.layer, ranking_id=ranking.id)
+    settings = DetectSettings(conf_threshold=args.conf_thres, iou_threshold=args.nms_iou)
+    return CloudPipeline(split, ranking, restorer=predictor, settings=settings)
 
 
 def _category_ids(model: str) -> tuple[int, ...]:

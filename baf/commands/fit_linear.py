@@ -53,9 +53,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from baf.commands.train import split_and_cache
+    from baf.commands.train import training_features
     from baf.errors import BafError
-    from baf.models.zoo import get_spec
     from baf.predictor import BafPredictor, fit_linear, save_predictor
     from baf.ranking import find_ranking
     from baf.train import feature_batches, heldout_loss
@@ -63,13 +62,9 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if args.ridge < 0:
         raise BafError(f"--ridge must be >= 0, got {args.ridge}")
-    spec = get_spec(args.model)
-    layer = spec.split_layer if args.layer is None else args.layer
-    split, cache, _ = split_and_cache(args, spec.name, layer)
-    n_train = len(cache.names) - args.heldout
-    if args.heldout < 0 or n_train < 1:
-        raise BafError(f"--heldout {args.heldout} leaves no training images out of {len(cache.names)}")
-    ranking = find_ranking(spec.name, layer, args.ranking)
+    split, cache, n_train = training_features(args)
+    model, layer = split.model.name, split.layer
+    ranking = find_ranking(model, layer, args.ranking)
     try:
         predictor = BafPredictor.from_split(split, ranking, channels=args.channels, bits=args.bits,
                                             kind="linear", linear_kernel=args.kernel,
@@ -87,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         samples = fit_linear(predictor, counted(), ridge=args.ridge)
     seconds = time.monotonic() - start
     held = heldout_loss(predictor, torch.from_numpy(cache.z[n_train:].astype("float32")), torch.device("cpu"))
-    stem = args.out or Path("baf/checkpoints") / f"{spec.name}_l{layer}_linear_c{span_label(args.channels)}_k{args.kernel}"
+    stem = args.out or Path("baf/checkpoints") / f"{model}_l{layer}_linear_c{span_label(args.channels)}_k{args.kernel}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     extra = {"train": {
         "data_id": cache.data_id, "command": shlex.join(["baf", *sys.argv[1:]]), "images": images,

@@ -101,9 +101,8 @@ def residual_pca(args: argparse.Namespace, command: str) -> Any:
     """The residual-pca ranking of the cached training features (the cache is filled from --images if missing)."""
     import torch
 
-    from baf.commands.train import split_and_cache
+    from baf.commands.train import training_features
     from baf.errors import BafError
-    from baf.models.zoo import get_spec
     from baf.ranking import find_ranking, names_digest
     from baf.residual_ranking import residual_pca_ranking
     from baf.train import feature_batches, spread
@@ -111,15 +110,10 @@ def residual_pca(args: argparse.Namespace, command: str) -> Any:
     torch.set_num_threads(args.threads)
     if args.ridge < 0:
         raise BafError(f"--ridge must be >= 0, got {args.ridge}")
-    spec = get_spec(args.model)
-    layer = spec.split_layer if args.layer is None else args.layer
-    split, cache, _ = split_and_cache(args, spec.name, layer)
-    n_train = len(cache.names) - args.heldout
-    if args.heldout < 0 or n_train < 1:
-        raise BafError(f"--heldout {args.heldout} leaves no training images out of {len(cache.names)}")
+    split, cache, n_train = training_features(args)
     if args.widths[-1] > split.channels:
-        raise BafError(f"--widths: C={args.widths[-1]} exceeds the {split.channels} channels of layer {layer}")
-    base = find_ranking(spec.name, layer, args.base)
+        raise BafError(f"--widths: C={args.widths[-1]} exceeds the {split.channels} channels of layer {split.layer}")
+    base = find_ranking(split.model.name, split.layer, args.base)
     picks = spread(range(n_train), args.limit)
     images = {"count": len(picks), "names_sha256": names_digest(cache.names[i] for i in picks), "size": args.size,
               "data_id": cache.data_id}  # fmt: skip

@@ -99,6 +99,20 @@ def split_and_cache(args: argparse.Namespace, model: str, layer: int) -> tuple[A
     return split, cache, cache_dir
 
 
+def training_features(args: argparse.Namespace) -> tuple[Any, Any, int]:
+    """(split, feature cache, training images) for --model/--layer and the cache flags of `split_and_cache`; the
+    last --heldout cached images are left out of the training images. Shared by `baf fit-linear` and `baf rank`."""
+    from baf.errors import BafError
+    from baf.models.zoo import get_spec
+
+    spec = get_spec(args.model)
+    split, cache, _ = split_and_cache(args, spec.name, spec.split_layer if args.layer is None else args.layer)
+    n_train = len(cache.names) - args.heldout
+    if args.heldout < 0 or n_train < 1:
+        raise BafError(f"--heldout {args.heldout} leaves no training images out of {len(cache.names)}")
+    return split, cache, n_train
+
+
 def init_weights(predictor: Any, path: Path, model: str, layer: int) -> dict[str, Any]:
     """Load `path`'s weights (a predictor of the same configuration) into `predictor`; what the sidecar records."""
     from baf.errors import BafError

@@ -17,12 +17,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 
 
-def encode_frames(images: Path, count: int, *, channels: int = 64, bits: int = 6) -> list[bytes]:
-    """`count` val164 images as .baf bitstreams (png payload: fast and dependency-free)."""
+def encode_frames(images: Path, count: int, *, channels: int = 64, bits: int = 6,
+                  ranking: Path | None = None) -> list[bytes]:
+    """`count` val164 images as .baf bitstreams (png payload: fast and dependency-free); `ranking` as the
+    edge's --ranking takes it (a file or a packaged name; None: the default)."""
     from baf.edge import EdgeConfig, EdgeEncoder
     from baf.images import load_image
 
-    encoder = EdgeEncoder.load(EdgeConfig(channels=channels, bits=bits, codec="png"))
+    encoder = EdgeEncoder.load(EdgeConfig(channels=channels, bits=bits, codec="png", ranking=ranking))
     return [encoder.encode_features(*encoder.features(load_image(p))) for p in sorted(images.glob("*.jpg"))[:count]]
 
 

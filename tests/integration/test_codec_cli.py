@@ -12,6 +12,7 @@ import pytest
 
 from baf.cli import main
 from client.demo import DEMO_CLIP as VTEST  # Debian opencv-doc's clip, installed by `make sysdeps`
+from tests.conftest import REPO, SHIPPED_CHECKPOINT
 
 pytestmark = pytest.mark.slow
 
@@ -72,10 +73,18 @@ def test_decode_writes_tensor_and_detections(encoded, tmp_path, capsys):
     z = np.load(tensor)
     assert z.shape == (32, 32, 32) and z.dtype == np.float32
     report = json.loads(dets.read_text())
-    assert (report["restoration"], report["model"], len(report["frames"])) == ("zeros", "yolov3-tiny", 1)
+    assert (report["restoration"], report["model"], len(report["frames"])) == ("baf-predictor", "yolov3-tiny", 1)
+    shipped = json.loads((REPO / SHIPPED_CHECKPOINT).with_suffix(".json").read_text())
+    assert report["checkpoint_sha256"] == shipped["sha256"]  # the packaged checkpoint of the header's ranking
     for d in report["frames"][0]["detections"]:
         x1, y1, x2, y2 = d["box"]
         assert 0 <= x1 <= x2 <= 640 and 0 <= y1 <= y2 <= 640 and d["score"] >= 0.01
+    restored = len(report["frames"][0]["detections"])
+    assert main(["decode", str(encoded["image"]), "--detections", str(dets), "--conf-thres", "0.01",
+                 "--restoration", "zeros"]) == 0  # fmt: skip
+    zeros = json.loads(dets.read_text())
+    assert (zeros["restoration"], zeros["checkpoint_sha256"]) == ("zeros", None)
+    assert restored > len(zeros["frames"][0]["detections"])  # 224 channels restored, not left at zero
     assert main(["decode", str(encoded["video"]), "--tensor", str(tensor), "--detections", str(dets)]) == 0
     assert np.load(tensor).shape == (3, 16, 32, 32)
     assert [f["sequence"] for f in json.loads(dets.read_text())["frames"]] == [0, 1, 2]

@@ -12,6 +12,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from baf.cloud import CloudPipeline
+from baf.models.zoo import load_split
+from baf.predictor import load_predictor, packaged_checkpoint
+from baf.ranking import find_ranking, packaged_rankings
 from baf.v1 import detection_service_pb2 as pb
 from baf.v1 import detection_service_pb2_grpc as pb_grpc
 from tests.integration.server_util import ServerProcess, encode_frames, reencode_with_channels
@@ -94,16 +98,37 @@ def test_detect_frame(stub, frames):
     assert "payload" in bad.value.details() or "truncated" in bad.value.details()
 
 
-def test_capabilities_list_what_the_checkpoint_serves(stub):
+def test_capabilities_list_what_the_checkpoints_serve(stub):
     caps = stub.GetCapabilities(pb.GetCapabilitiesRequest(), timeout=30)
     (model,) = caps.models
-    sidecar = json.loads((CHECKPOINTS / model.checkpoint).with_suffix(".json").read_text())
+    sidecars = [json.loads((CHECKPOINTS / name).with_suffix(".json").read_text())
+                for name in model.checkpoint.split(", ")]  # fmt: skip
     assert (model.model, model.split_layer, model.channels_total) == ("yolov3-tiny", 8, 256)
-    assert list(model.ranking_ids) == [sidecar["ranking_id"]]
-    assert list(model.channels) == sidecar["channels"] and list(model.bits) == sidecar["bits"]
+    # By default every packaged ranking is served, the model's own first, each by its packaged checkpoint.
+    assert list(model.ranking_ids) == [s["ranking_id"] for s in sidecars]
+    assert list(model.ranking_ids) == [r.id for r in packaged_rankings("yolov3-tiny", 8)] and len(sidecars) == 2
+    for sidecar in sidecars:
+        assert list(model.channels) == sidecar["channels"] and list(model.bits) == sidecar["bits"]
     assert model.restoration == "baf-predictor" and len(model.class_names) == 80
     assert {"jxl", "png", "raw"} <= set(caps.codecs)
     assert caps.limits.max_batch == 4 and caps.limits.max_frame_bytes > 0
+
+
+def test_frames_of_the_packaged_residual_pca_ranking_are_restored_by_its_checkpoint(stub, shared_data):
+    images = shared_data / "coco-val164" / "images"
+    [virtual] = encode_frames(images, 1, channels=32, bits=3, ranking=Path("residual-pca"))
+    [ranked] = encode_frames(images, 1, channels=32, bits=3)
+    answers = [stub.DetectFrame(pb.DetectFrameRequest(bitstream=b), timeout=60).result for b in (virtual, ranked)]
+    assert all(len(a.detections) > 0 for a in answers)
+    # The server restored the virtual frame with the residual-pca checkpoint: in process it finds the same boxes.
+    split = load_split("yolov3-tiny")
+    ranking = find_ranking("yolov3-tiny", 8, "residual-pca")
+    predictor = load_predictor(packaged_checkpoint("yolov3-tiny", 8, ranking.id), ranking_id=ranking.id)
+    pipeline = CloudPipeline(split, ranking, restorer=predictor)
+    [expected] = pipeline.detect([pipeline.stream().decode(virtual)])
+    found = answers[0].detections
+    assert sorted(d.class_index for d in found) == sorted(expected.labels.tolist())
+    assert sorted(round(d.score, 3) for d in found) == sorted(round(float(v), 3) for v in expected.scores)
 
 
 def test_health_and_reflection(server):

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +20,7 @@ from baf.images import load_image
 from baf.models.split import edge_image
 from baf.models.zoo import load_split
 from baf.predictor import load_predictor
-from baf.ranking import load_ranking, read_ranking, write_ranking
+from baf.ranking import load_ranking, ranking_id, read_ranking, write_ranking
 from baf.train import build_cache
 
 pytestmark = pytest.mark.slow
@@ -25,7 +28,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def made(shared_data, tmp_path_factory):
-    """(ranking, predictor, cache folder) made by the two commands from a 12-image cache (last 2 held out)."""
+    """(ranking, predictor, cache folder) made by the two commands from a 12-image cache (last 2 held out); the
+    files are r.json and lin.json beside the cache."""
     folder = tmp_path_factory.mktemp("virtual")
     paths = sorted((shared_data / "train-images").iterdir())[:12]
     build_cache(load_split("yolov3-tiny"), paths, folder / "cache", progress=False)
@@ -84,3 +88,45 @@ def test_network_kinds_and_oversized_widths_are_refused_in_one_line(made, shared
     assert "cannot take virtual channels" in caplog.text
     assert main(["rank", "--method", "residual-pca", *common, "--widths", "8,300", "-o", str(tmp_path / "x.json")]) == 2
     assert "exceeds the 256 channels" in caplog.text
+
+
+def test_one_pipeline_serves_two_rankings_each_by_its_restorer(made, shared_data):
+    ranking, predictor, _ = made
+    split = load_split("yolov3-tiny")
+    paper = load_ranking("yolov3-tiny", 8)
+    pipeline = CloudPipeline(split, paper, also=[(ranking, predictor)])
+    image = load_image(next((shared_data / "coco-val164" / "images").iterdir()))
+    frames = []
+    for r in (ranking, paper):
+        with EdgeEncoder(split, r, channels=8, bits=4) as encoder:
+            frames.append(pipeline.stream().decode(encoder.encode(image)))
+    assert len(pipeline.detect(frames)) == 2  # one batch per ranking
+    with pytest.raises(ValueError, match="one ranking"):
+        pipeline.restore(frames)
+    with torch.no_grad():
+        virtual_z, paper_z = pipeline.restore(frames[:1])[0], pipeline.restore(frames[1:])[0]
+    # Zeros restoration of the paper's frame leaves 248 channels at zero; the virtual frame's predictor fills them.
+    assert int((paper_z.abs().sum((1, 2)) == 0).sum()) >= 248 and int((virtual_z.abs().sum((1, 2)) == 0).sum()) == 0
+    # A third ranking's frame is refused, naming the two served.
+    order = paper.order[::-1]
+    third = dataclasses.replace(paper, order=order, id=ranking_id("yolov3-tiny", 8, order))
+    with EdgeEncoder(split, third, channels=8, bits=4) as encoder:
+        data = encoder.encode(image)
+    with pytest.raises(HeaderMismatchError, match=f"decoder: {paper.id}, {ranking.id}"):
+        pipeline.stream().decode(data)
+
+
+def test_decode_restores_frames_of_a_ranking_file_with_its_checkpoint(made, shared_data, tmp_path, caplog):
+    ranking, predictor, cache = made
+    image = next((shared_data / "coco-val164" / "images").iterdir())
+    ranking_file, checkpoint = cache.parent / "r.json", cache.parent / "lin.json"
+    out, dets = tmp_path / "f.baf", tmp_path / "d.json"
+    assert main(["encode", str(image), "-o", str(out), "--ranking", str(ranking_file), "--channels", "8"]) == 0
+    assert main(["decode", str(out), "--detections", str(dets), "--ranking", str(ranking_file), "--predictor",
+                 str(checkpoint)]) == 0  # fmt: skip
+    report = json.loads(dets.read_text())
+    assert (report["ranking_id"], report["restoration"]) == (ranking.id, "baf-predictor")
+    assert report["checkpoint_sha256"] == predictor.source_sha256
+    # Without --ranking the header's id must name a packaged ranking; this one is not.
+    assert main(["decode", str(out), "--detections", str(dets)]) == 2
+    assert f"ranking {ranking.id} of the first frame is not packaged" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -95,9 +96,14 @@ def test_config_from_flags_and_environment(tmp_path):
         (["x", "--server", "h:1", "--codec", "webp"], {}, "unknown codec 'webp'"),
         (["x", "--server", "h:1", "--tls-cert", "c.pem"], {}, "go together"),
         (["x", "--server", "h:1", "--tls-ca", "/nonexistent.pem"], {}, "no such file"),
+        (["x", "--server", "h:1", "--ranking", "nope"], {}, "--ranking / BAF_RANKING: no such file nope"),
         (["x", "--server", "h:1"], {"BAF_WINDOW": "many"}, "--window / BAF_WINDOW: bad value 'many'"),
     ],
 )
 def test_config_errors_name_the_flag(argv, environ, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         _config(argv, environ)
+
+
+def test_ranking_takes_a_packaged_name():
+    assert _config(["x", "--server", "h:1", "--ranking", "residual-pca"], {}).ranking == Path("residual-pca")

@@ -97,12 +97,17 @@ def test_pareto_keeps_only_points_no_cheaper_point_beats():
     assert [p["config"] for p in pareto(pts)] == ["a", "c"]
 
 
-def test_frontier_compares_features_with_recoded_images(reports, tmp_path):
+def add_jpeg_recodes(reports: dict[str, dict]) -> None:
+    """Three made-up reports of the image recoded as JPEG (q 20, 50, 90)."""
     for q, ap50, size in ((20, 0.41, 12_000.0), (50, 0.425, 22_000.0), (90, 0.437, 60_000.0)):
         config = Config("recode", codec="jpeg", quality=q)
         reports[config.name] = {"mode": f"recode jpeg q={q}", "images": 164, "AP": ap50 / 2, "AP50": ap50,
                                 "recode": "jpeg", "quality": q, "qp": None, "mean_bytes": size,
                                 "jpeg_mean_bytes": JPEG, "saved_vs_jpeg": 1 - size / JPEG}
+
+
+def test_frontier_compares_features_with_recoded_images(reports, tmp_path):
+    add_jpeg_recodes(reports)
     front = build_tables(reports)["frontier"]
     within = {(r["method"], r["max_loss_points"]): r for r in front["within"]}
     jpeg = RECODE_CURVES["jpeg"]
@@ -121,11 +126,7 @@ def test_frontier_compares_features_with_recoded_images(reports, tmp_path):
 
 
 def test_virtual_configurations_join_the_front_and_the_ranked_front_is_kept_apart(reports, tmp_path):
-    for q, ap50, size in ((20, 0.41, 12_000.0), (50, 0.425, 22_000.0), (90, 0.437, 60_000.0)):
-        config = Config("recode", codec="jpeg", quality=q)
-        reports[config.name] = {"mode": f"recode jpeg q={q}", "images": 164, "AP": ap50 / 2, "AP50": ap50,
-                                "recode": "jpeg", "quality": q, "qp": None, "mean_bytes": size,
-                                "jpeg_mean_bytes": JPEG, "saved_vs_jpeg": 1 - size / JPEG}
+    add_jpeg_recodes(reports)
     for c, ap50 in ((16, 0.30), (32, 0.38), (64, 0.425)):  # cheaper than the ranked channels at each AP50
         config = Config(VIRTUAL, c, 3, "jxl")
         reports[config.name] = report(config, ap50, 300.0 * c)

@@ -195,3 +195,16 @@ def test_find_ranking_takes_a_file_only_for_its_own_model_and_layer(tmp_path):
     assert find_ranking("yolov3", 8, tmp_path / "r.json").id == other.id
     with pytest.raises(RankingError, match="ranks yolov3 layer 8, expected yolov3-tiny layer 8"):
         find_ranking("yolov3-tiny", 8, tmp_path / "r.json")
+
+
+def test_packaged_rankings_are_found_by_name_default_first():
+    from baf.ranking import find_ranking, is_packaged_variant, packaged_rankings
+
+    default, *others = packaged_rankings("yolov3-tiny", 8)
+    assert default == load_ranking("yolov3-tiny", 8) and [r.method for r in others] == ["residual-pca"]
+    named = find_ranking("yolov3-tiny", 8, "residual-pca")
+    assert named == others[0] and named.basis().virtual == 128 and named.kernel == 9
+    assert is_packaged_variant("residual-pca") and not is_packaged_variant("nope")
+    assert not is_packaged_variant("baf/rankings/yolov3-tiny_l8.json")  # a path is a path
+    with pytest.raises(RankingError, match="not found"):
+        find_ranking("yolov3-tiny", 8, "nope")

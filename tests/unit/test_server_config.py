@@ -31,6 +31,7 @@ def test_port_shorthand_keeps_the_listen_host():
     (["--conf-threshold", "2"], {}, "--conf-threshold / BAF_CONF_THRESHOLD: must be in [0, 1]"),
     ([], {"BAF_MAX_STREAMS_PER_CLIENT": "0"}, "--max-streams-per-client / BAF_MAX_STREAMS_PER_CLIENT: must be >= 1"),
     (["--restoration", "zeros", "--predictor", __file__], {}, "choose one"),
+    (["--ranking", "nope"], {}, "--ranking / BAF_RANKING: file nope not found"),
 ])  # fmt: skip
 def test_bad_values_name_flag_and_env(argv, env, expected):
     with pytest.raises(ConfigError) as e:
@@ -53,3 +54,7 @@ def test_cli_reports_a_bad_flag_in_one_line_and_exits_2():
                           cwd=Path(__file__).resolve().parents[2], timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["error: --max-batch / BAF_MAX_BATCH: must be >= 1, got 0"]
+
+
+def test_ranking_takes_a_packaged_name():
+    assert load(["--ranking", "residual-pca"], {}).ranking == Path("residual-pca")
