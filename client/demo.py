@@ -1,10 +1,11 @@
 """The one-command demo (`make demo`): a real server process, a video streamed through it, a summary.
 
-    python -m client.demo [--source CLIP] [--frames 100] [--out-dir runs/demo]
+    python -m client.demo [--source CLIP] [--frames 100] [--out-dir runs/demo] [--ranking residual-pca]
 
 It starts `python -m server --listen 127.0.0.1:0 --port-file F` (its log goes to OUT/server.log),
 waits until the server's health check says SERVING, streams the clip with the client's defaults
-(`baf stream`: JSON lines, annotated video, every frame also sized as a JPEG), prints the summary,
+(`baf stream`: JSON lines, annotated video, every frame also sized as a JPEG; --ranking picks the edge's
+ranking, which the server's defaults accept for every packaged one), prints the summary,
 then stops the server with SIGTERM and waits for its drain. The server is stopped on every path,
 and any failure exits non-zero: 2 with one line for a user or data problem, as `baf` does.
 """
@@ -118,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         config = ClientConfig(
             source=str(args.source), server=f"127.0.0.1:{port}", frames=args.frames, compare_jpeg=True,
             output=args.out_dir / f"{stem}.jsonl", annotate=args.out_dir / f"{stem}-annotated.mp4",
+            ranking=args.ranking,
         )  # fmt: skip
         summary = stream(config)
     finally:
@@ -144,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="video to stream (default: opencv-doc's vtest.avi)")
     parser.add_argument("--frames", type=int, default=100, help="frames to stream (default: %(default)s)")
     parser.add_argument("--out-dir", type=Path, default=Path("runs/demo"), help="default: %(default)s")
+    parser.add_argument("--ranking", type=Path,
+                        help="the edge's ranking: a file or a packaged name, e.g. residual-pca (default: the paper's)")
     parser.add_argument("--start-timeout", type=float, default=180.0,
                         help="seconds the server may take to come up (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
