@@ -307,7 +307,7 @@ def _batch_key(header: Header) -> tuple[str, int, int, int, int]:
 
 
 def restoration_name(restorer: Restorer) -> str:
-    """A restorer's name for logs and errors (`zeros`, or the predictor class)."""
+    """A restorer's name for logs and errors (`zeros`, `baf-predictor`, else its class)."""
     return str(getattr(restorer, "name", type(restorer).__name__))
 
 

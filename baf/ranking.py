@@ -374,7 +374,12 @@ def packaged_ranking_path(model: str, layer: int, variant: str | None = None) ->
     """Where the package keeps the ranking of `model` at split layer `layer` (the default one, or another kept
     beside it, such as `residual-pca`)."""
     suffix = "" if variant is None else f"_{variant}"
-    return Path(str(resources.files("baf") / "rankings" / f"{model}_l{layer}{suffix}.json"))
+    return _rankings_folder() / f"{model}_l{layer}{suffix}.json"
+
+
+def _rankings_folder() -> Path:
+    """The package's rankings/ folder."""
+    return Path(str(resources.files("baf") / "rankings"))
 
 
 def load_ranking(model: str, layer: int) -> Ranking:
@@ -394,13 +399,13 @@ def is_packaged_variant(name: str | os.PathLike[str]) -> bool:
     text = str(name)
     if Path(text).exists() or os.sep in text or not text:
         return False
-    return any(packaged_ranking_path("m", 0).parent.glob(f"*_l*_{text}.json"))
+    return any(_rankings_folder().glob(f"*_l*_{text}.json"))
 
 
 def packaged_rankings(model: str, layer: int) -> list[Ranking]:
     """Every ranking the package keeps for `model` at `layer`: the default first, then the others by name."""
     default = packaged_ranking_path(model, layer)
-    others = sorted(default.parent.glob(f"{model}_l{layer}_*.json"))
+    others = sorted(_rankings_folder().glob(f"{model}_l{layer}_*.json"))
     rankings = [read_ranking(p) for p in ([default] if default.is_file() else []) + others]
     return [r for r in rankings if (r.model, r.layer) == (model, layer)]
 

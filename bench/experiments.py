@@ -64,7 +64,7 @@ RECODE_HEVC_QPS = (27, 32, 37, 42, 47)
 FEATURES_CURVE = "features (Pareto front of every C, n, codec)"
 RANKED_CURVE = "ranked channels only (the paper's sequence)"
 VIRTUAL = "virtual"  # the `kind`, and the predictor key, of the residual-pca configurations
-VIRTUAL_RANKING = "residual-pca"  # packaged as baf/rankings/MODEL_lLAYER_residual-pca.json
+VIRTUAL_RANKING = "residual-pca"  # the packaged ranking's name (baf/rankings/MODEL_lLAYER_residual-pca.json)
 RECODE_CURVES = {"jpeg": "image recoded as JPEG", "hevc": "image recoded as HEVC intra"}
 
 
@@ -590,15 +590,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from baf.evaluate import CocoDataset
     from baf.models.zoo import get_spec, load_split
     from baf.predictor import load_predictor, packaged_checkpoint
-    from baf.ranking import find_ranking, packaged_ranking_path
+    from baf.ranking import find_ranking
 
     torch.set_num_threads(args.threads)
     spec = get_spec(MODEL)
     split = load_split(MODEL, spec.split_layer)
     ranking = find_ranking(MODEL, split.layer)
     args.predictor = args.predictor or packaged_checkpoint(MODEL, split.layer, ranking.id)
-    virtual = find_ranking(MODEL, split.layer, args.virtual_ranking
-                           or packaged_ranking_path(MODEL, split.layer, VIRTUAL_RANKING))  # fmt: skip
+    virtual = find_ranking(MODEL, split.layer, args.virtual_ranking or VIRTUAL_RANKING)
     args.virtual_predictor = args.virtual_predictor or packaged_checkpoint(MODEL, split.layer, virtual.id)
     dataset = CocoDataset.open(args.data, args.limit)
     paths: dict[Path | str | None, Path] = {}

@@ -80,8 +80,9 @@ def load_pipeline(cfg: ServerConfig) -> tuple[CloudPipeline, Served]:
 
 
 def packaged_also(split: Any, main: Any, device: Any) -> list[tuple[Any, Any, Path]]:
-    """(ranking, predictor, checkpoint path) of every packaged ranking besides the default that has a packaged checkpoint serving
-    the same C and n as `main` (what the capabilities announce); others are skipped with a warning."""
+    """(ranking, predictor, checkpoint path) of every packaged ranking besides the default that has a packaged
+    checkpoint serving the same C and n as `main` (what the capabilities announce); others are skipped with a
+    warning."""
     from baf.predictor import load_predictor, packaged_checkpoint
     from baf.ranking import packaged_rankings
 
