@@ -9,12 +9,12 @@ On the first --frames frames of a clip (default: Debian opencv-doc's vtest.avi, 
 - feature stream: every frame through the real edge encoder and the hevc stream codec (inter, one
   long-lived x265, tune zerolatency, keyint 64) as the client sends it, decoded and restored by the
   cloud pipeline with --predictor, for each C:n:QP of --feature-configs; bytes per frame = mean
-  whole-bitstream size (header and side info included).
+  whole-bitstream size (header and side info included). --ranking residual-pca sends virtual channels.
 Score: AP50 of agreement, COCO AP at IoU 0.5 of each method's detections (same thresholds) against the
 pseudo ground truth, over the 80 COCO classes. ms/frame: coding (encode + decode) and the whole method.
 
     python bench/video_baselines.py [--frames 100] [--hevc-qps 27,32,37,42,47]
-        [--feature-configs 64:8:27,64:8:37,...] [--predictor CKPT] [--source CLIP] [--json OUT]
+        [--feature-configs 64:8:27,64:8:37,...] [--ranking NAME] [--predictor CKPT] [--source CLIP] [--json OUT]
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     spec = get_spec(MODEL)
     model = load_model(MODEL)
     cut = split(model, spec.split_layer)
-    ranking = find_ranking(spec.name, cut.layer)
+    ranking = find_ranking(spec.name, cut.layer, args.ranking)
     args.predictor = args.predictor or packaged_checkpoint(spec.name, cut.layer, ranking.id)
     predictor = load_predictor(args.predictor, model=spec.name, layer=cut.layer, ranking_id=ranking.id)
     for channels, bits, _ in args.feature_configs:
@@ -192,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
             "nms_iou": settings.iou_threshold, "max_detections": settings.max_detections,
             "pseudo_gt_min_score": PSEUDO_GT_MIN_SCORE, "reference_boxes": boxes,
             "reference_ms_per_frame": reference_ms,
+            "ranking_id": ranking.id,
             "predictor": {"path": str(args.predictor), "sha256": predictor.source_sha256,
                           "steps": sidecar.get("train", {}).get("steps")
                           if sidecar.get("sha256") == predictor.source_sha256 else None},
@@ -214,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hevc-qps", type=_ints, default=HEVC_QPS, help="default: 27,32,37,42,47")
     p.add_argument("--feature-configs", type=_configs, default=FEATURE_CONFIGS,
                    help="C:n:QP items (default: 64:8:27,64:8:37,64:8:47,32:6:37,16:6:37)")
-    p.add_argument("--predictor", type=Path, help="checkpoint (default: the packaged one the server uses)")
+    p.add_argument("--ranking", type=Path, help="ranking file or packaged name (default: the paper's)")
+    p.add_argument("--predictor", type=Path,
+                   help="checkpoint (default: the packaged one the server uses for the ranking)")
     p.add_argument("--json", type=Path, help="write the rows and settings here")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     args = p.parse_args(argv)
