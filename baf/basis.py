@@ -40,6 +40,11 @@ class SentBasis:
         """Rows that copy `channels` of a `total`-channel Z."""
         return cls(channels, None, total)
 
+    @classmethod
+    def mixtures(cls, directions: Tensor) -> SentBasis:
+        """Virtual rows that send the directions [k,P]."""
+        return cls([VIRTUAL] * len(directions), directions, directions.shape[1])
+
     @property
     def width(self) -> int:
         """Rows (channels sent at most)."""

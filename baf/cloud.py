@@ -72,14 +72,15 @@ class ZerosRestorer:
     name = "zeros"
 
     def __init__(self, basis: SentBasis) -> None:
-        self.basis = basis
+        self.total = basis.total
+        (self._rows, self._channels), _ = basis.split_rows()  # once, not per frame
 
     def restore(self, q: Tensor, lo: Tensor, hi: Tensor, bits: int) -> Tensor:
         """Z [B,P,h,w]: the dequantized ranked rows of q at their channels, zeros elsewhere."""
         z = ops.dequantize_torch(q, lo, hi, bits)
-        (rows, channels), _ = self.basis.prefix(z.shape[1]).split_rows()
-        out = z.new_zeros((z.shape[0], self.basis.total, *z.shape[2:]))
-        out[:, channels.to(z.device)] = z[:, rows.to(z.device)]
+        sent = self._rows < z.shape[1]
+        out = z.new_zeros((z.shape[0], self.total, *z.shape[2:]))
+        out[:, self._channels[sent].to(z.device)] = z[:, self._rows[sent].to(z.device)]
         return out
 
 

@@ -333,10 +333,11 @@ class BafPredictor(nn.Module):
         z_hat = dequantize_torch(q, lo, hi, bits)
         z = self.forward(z_hat, bits).float()
         rows = self.order[: q.shape[1]]
-        ranked = (rows != VIRTUAL).nonzero().flatten()
-        idx = rows[ranked]
+        if hasattr(self, "directions"):  # virtual rows have no channel of their own: clamp the ranked rows only
+            ranked = (rows != VIRTUAL).nonzero().flatten()
+            rows, q, lo, hi = rows[ranked], q[:, ranked], lo[:, ranked], hi[:, ranked]
         out = z.clone()
-        out[:, idx] = clamp_to_bins_torch(z[:, idx].contiguous(), q[:, ranked], lo[:, ranked], hi[:, ranked], bits)
+        out[:, rows] = clamp_to_bins_torch(z[:, rows].contiguous(), q, lo, hi, bits)
         return out
 
 

@@ -21,7 +21,6 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from torch import Tensor
 from baf.basis import SentBasis
 from baf.errors import RankingError
 from baf.gram import Gram
+from baf.packaged import packaged_ranking_path, rankings_folder
 
 log = logging.getLogger(__name__)
 
@@ -370,18 +370,6 @@ def read_ranking(path: str | os.PathLike[str]) -> Ranking:
     return Ranking.from_json(data, str(path))
 
 
-def packaged_ranking_path(model: str, layer: int, variant: str | None = None) -> Path:
-    """Where the package keeps the ranking of `model` at split layer `layer` (the default one, or another kept
-    beside it, such as `residual-pca`)."""
-    suffix = "" if variant is None else f"_{variant}"
-    return _rankings_folder() / f"{model}_l{layer}{suffix}.json"
-
-
-def _rankings_folder() -> Path:
-    """The package's rankings/ folder."""
-    return Path(str(resources.files("baf") / "rankings"))
-
-
 def load_ranking(model: str, layer: int) -> Ranking:
     """The packaged ranking for `model` at `layer`, verified (format, permutation, ranking_id)."""
     path = packaged_ranking_path(model, layer)
@@ -393,19 +381,10 @@ def load_ranking(model: str, layer: int) -> Ranking:
     return ranking
 
 
-def is_packaged_variant(name: str | os.PathLike[str]) -> bool:
-    """True if `name` (no folder, no file of that name here) names a ranking packaged beside a default one, e.g.
-    `residual-pca`: what `find_ranking` then takes for any model and layer that has it."""
-    text = str(name)
-    if Path(text).exists() or os.sep in text or not text:
-        return False
-    return any(_rankings_folder().glob(f"*_l*_{text}.json"))
-
-
 def packaged_rankings(model: str, layer: int) -> list[Ranking]:
     """Every ranking the package keeps for `model` at `layer`: the default first, then the others by name."""
     default = packaged_ranking_path(model, layer)
-    others = sorted(_rankings_folder().glob(f"{model}_l{layer}_*.json"))
+    others = sorted(rankings_folder().glob(f"{model}_l{layer}_*.json"))
     rankings = [read_ranking(p) for p in ([default] if default.is_file() else []) + others]
     return [r for r in rankings if (r.model, r.layer) == (model, layer)]
 

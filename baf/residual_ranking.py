@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from baf.basis import VIRTUAL, SentBasis
+from baf.basis import SentBasis
 from baf.errors import RankingError
 from baf.predictor import NormalEquations
 from baf.ranking import Ranking, ranking_id
@@ -85,7 +85,7 @@ def nested_sequence(batches: Batches, order: Sequence[int], widths: Sequence[int
         used += block - virtual
         if virtual:
             directions, fraction = residual_directions(batches, basis, virtual, kernel, ridge)
-            basis = basis + SentBasis([VIRTUAL] * virtual, directions, p)
+            basis = basis + SentBasis.mixtures(directions)
             left.append(round(fraction, 6))
         log.info("residual-pca: C=%d (%d ranked, %d virtual)", basis.width, used, basis.virtual)
     return basis + SentBasis.ranked(order[used : used + p - basis.width], p), left

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from baf import ops
-from baf.basis import VIRTUAL, SentBasis
+from baf.basis import SentBasis
 from baf.bitstream import MAX_QP
 from baf.cli import guarded, setup_logging
 from baf.cloud import FrameDecoder
@@ -119,12 +119,11 @@ class Fitter:
 
     def flat(self, ranked: int, virtual: int) -> SentBasis:
         """The first `ranked` ranked channels, then `virtual` residual directions."""
-        p = self.split.channels
-        basis = SentBasis.ranked(self.ranking.order[:ranked], p)
+        basis = SentBasis.ranked(self.ranking.order[:ranked], self.split.channels)
         if not virtual:
             return basis
         directions, _ = residual_directions(self.batches, basis, virtual, self.kernel, self.ridge)
-        return basis + SentBasis([VIRTUAL] * virtual, directions, p)
+        return basis + SentBasis.mixtures(directions)
 
     def nested(self, widths: Sequence[int], share: float) -> SentBasis:
         """One sequence whose first C rows serve each C in `widths` (`baf.residual_ranking.nested_sequence`)."""

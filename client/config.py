@@ -18,6 +18,7 @@ from pathlib import Path
 
 from baf.argtypes import positive_int
 from baf.errors import ConfigError
+from baf.packaged import is_packaged_variant
 
 # C and n when neither the flags nor --target-kbps choose them: n=4 costs at most a point of AP50 at
 # C=64 and sends 37% of the bytes of n=8 (docs/FINDINGS.md).
@@ -102,7 +103,7 @@ class ClientConfig:
             raise ConfigError(f"{_names('tls_cert')} and {_names('tls_key')} (mTLS) go together")
         for name in ("tls_ca", "tls_cert", "tls_key", "token_file", "weights", "ranking"):
             path = getattr(self, name)
-            if name == "ranking" and path is not None and _packaged_variant(path):
+            if name == "ranking" and path is not None and is_packaged_variant(path):
                 continue
             if path is not None and not path.is_file():
                 raise ConfigError(f"{_names(name)}: no such file {path}")
@@ -222,10 +223,3 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None
     if "BAF_TOKEN" in environ:
         values["token"] = environ["BAF_TOKEN"]
     return ClientConfig(**values)  # type: ignore[arg-type]
-
-
-def _packaged_variant(path: Path) -> bool:
-    """True if --ranking names a packaged ranking (baf.ranking imports torch, so only when asked)."""
-    from baf.ranking import is_packaged_variant
-
-    return is_packaged_variant(path)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from baf.errors import ConfigError
+from baf.packaged import is_packaged_variant
 
 OVERFLOW_POLICIES = ("reject", "drop-oldest")
 RESTORATIONS = ("predictor", "zeros")
@@ -108,7 +109,7 @@ class ServerConfig:
             raise fail("tls_client_ca", "client certificates (mTLS) need server TLS: give --tls-cert and --tls-key")
         for name in ("weights", "ranking", "predictor", "tls_cert", "tls_key", "tls_client_ca", "token_file"):
             path = getattr(self, name)
-            if name == "ranking" and path is not None and _packaged_variant(path):
+            if name == "ranking" and path is not None and is_packaged_variant(path):
                 continue
             if path is not None and not path.is_file():
                 raise fail(name, f"file {path} not found")
@@ -219,10 +220,3 @@ def load(argv: list[str], environ: Mapping[str, str]) -> ServerConfig:
 def _type_name(hint: Any) -> str:
     base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
     return {int: "integer", float: "number", Path: "path", str: "string"}.get(base, str(base))
-
-
-def _packaged_variant(path: Path) -> bool:
-    """True if --ranking names a packaged ranking (baf.ranking imports torch, so only when asked)."""
-    from baf.ranking import is_packaged_variant
-
-    return is_packaged_variant(path)

@@ -27,8 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from baf.errors import CheckpointError, RankingError, WeightsError
 from baf.models.zoo import find_weights, get_spec
+from baf.packaged import packaged_ranking_path
 from baf.predictor import load_predictor
-from baf.ranking import packaged_ranking_path, read_ranking
+from baf.ranking import read_ranking
 from baf.v1 import detection_service_pb2 as pb
 from baf.v1 import detection_service_pb2_grpc as pb_grpc
 from server.app import load_pipeline

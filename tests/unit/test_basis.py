@@ -38,6 +38,7 @@ def test_concatenation_keeps_rows_and_directions_in_order():
     tail = SentBasis([VIRTUAL], torch.tensor([[1.0, 2.0, 3.0]]), 3)
     joined = head + tail + SentBasis.ranked([0], 3)
     assert joined.channels == (1, VIRTUAL, 0) and torch.equal(joined.directions, tail.directions)
+    assert SentBasis.mixtures(tail.directions).channels == tail.channels
 
 
 def test_bad_rows_are_refused():

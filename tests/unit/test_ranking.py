@@ -198,7 +198,8 @@ def test_find_ranking_takes_a_file_only_for_its_own_model_and_layer(tmp_path):
 
 
 def test_packaged_rankings_are_found_by_name_default_first():
-    from baf.ranking import find_ranking, is_packaged_variant, packaged_rankings
+    from baf.packaged import is_packaged_variant
+    from baf.ranking import find_ranking, packaged_rankings
 
     default, *others = packaged_rankings("yolov3-tiny", 8)
     assert default == load_ranking("yolov3-tiny", 8) and [r.method for r in others] == ["residual-pca"]
